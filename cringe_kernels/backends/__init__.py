@@ -1,0 +1,122 @@
+"""Registry of backends: which exist, which can run here, which ``"auto"`` picks.
+
+``"reference"`` is the pure PyTorch oracle (:mod:`cringe_kernels.reference`,
+differentiated by autograd). The kernel backends implement the row-statistics
+primitive (:mod:`cringe_kernels.backends.base`) and are imported lazily, so
+importing the package never touches a GPU or compiles anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict, List, Union
+
+import torch
+
+from .base import BackendStatus, RowStatsBackend
+
+REFERENCE = "reference"
+PUBLIC_BACKENDS = (REFERENCE, "triton", "cuda", "cpu")
+
+# name -> (module, class). "torch" is internal: the primitive in PyTorch,
+# used to test the autograd plumbing; it is accepted but not advertised.
+_KERNEL_BACKENDS = {
+    "triton": ("cringe_kernels.backends.triton_backend", "TritonRowStats"),
+    "cuda": ("cringe_kernels.backends.cuda_backend", "CudaRowStats"),
+    "cpu": ("cringe_kernels.backends.cpu_backend", "CpuRowStats"),
+    "torch": ("cringe_kernels.backends.torch_impl", "TorchRowStats"),
+}
+
+# Fastest first, per device type.
+_AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
+
+_loaded: Dict[str, Union[RowStatsBackend, BackendStatus]] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run here; the message says why."""
+
+
+def _load(name: str) -> Union[RowStatsBackend, BackendStatus]:
+    """The backend object, or a BackendStatus saying why it is missing."""
+    if name not in _loaded:
+        module_name, class_name = _KERNEL_BACKENDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:
+                reason = f"the {name} backend is not part of this version of cringe_kernels"
+            else:
+                reason = f"the {name} backend needs {err.name!r}, which is not installed"
+            _loaded[name] = BackendStatus(name, False, (), reason)
+        else:
+            _loaded[name] = getattr(module, class_name)()
+    return _loaded[name]
+
+
+def _reference_status() -> BackendStatus:
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    return BackendStatus(REFERENCE, True, devices)
+
+
+def status(name: str) -> BackendStatus:
+    """The :class:`BackendStatus` of one backend."""
+    if name == REFERENCE:
+        return _reference_status()
+    backend = _load(name)
+    return backend if isinstance(backend, BackendStatus) else backend.status()
+
+
+def backend_info() -> Dict[str, BackendStatus]:
+    """Per public backend: installed, the device types it runs on here, and why not.
+
+    Returns
+    -------
+    dict of str to BackendStatus
+    """
+    return {name: status(name) for name in PUBLIC_BACKENDS}
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> List[str]:
+    """Public backends that can run on ``device`` (default: CPU), fastest first.
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    list of str
+    """
+    device_type = torch.device(device if device is not None else "cpu").type
+    order = [n for n in _AUTO_ORDER.get(device_type, ())] + [n for n in PUBLIC_BACKENDS if n not in _AUTO_ORDER.get(device_type, ())]
+    return [n for n in order if device_type in status(n).devices]
+
+
+def resolve(name: str, logits: torch.Tensor) -> Union[str, RowStatsBackend]:
+    """Map a ``backend=`` argument to ``"reference"`` or a kernel backend object.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    BackendUnavailableError
+        For a known backend that cannot run on these logits, saying why.
+    """
+    if not isinstance(name, str) or (name not in PUBLIC_BACKENDS and name not in ("auto", "torch")):
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, PUBLIC_BACKENDS))}; got {name!r}")
+    if name == REFERENCE:
+        return REFERENCE
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(logits.device.type, ()):
+            backend = _load(candidate)
+            if isinstance(backend, RowStatsBackend) and backend.supports(logits)[0]:
+                return backend
+        return REFERENCE
+    backend = _load(name)
+    if isinstance(backend, BackendStatus):
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {backend.reason}")
+    ok, reason = backend.supports(logits)
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} cannot run on these logits: {reason}")
+    return backend
