@@ -141,25 +141,27 @@ def row_stats(
     """
     V = logits.shape[-1]
     rows = logits.reshape(-1, V)
-    n = rows.shape[0]
     dtype = stats_dtype(logits.dtype)
-    valid = (target != ignore_index).nonzero().squeeze(1)
-    # Only non-ignored rows enter the arithmetic, so an ignored row gets an
-    # exact zero gradient even when its logits hold NaN or inf.
-    x = rows.index_select(0, valid).to(dtype)
-    y = target.index_select(0, valid)
+    valid = target != ignore_index
+    in_range = (target >= 0) & (target < V)
+    # Ignored rows enter the arithmetic as zeros and leave it through
+    # torch.where, so they get an exact zero gradient even when their logits
+    # hold NaN or inf; no boolean indexing, so no host sync and static shapes
+    # (torch.compile traces this without a graph break).
+    x = torch.where(valid[:, None], rows.to(dtype), 0.0)
+    y = torch.where(in_range, target, 0)
     lse = torch.logsumexp(x, dim=1)
     t = x.gather(1, y[:, None]).squeeze(1)
-    zeros = rows.new_zeros(n, dtype=dtype)
-    sample_index = torch.full((n,), -1, dtype=torch.long, device=rows.device)
-    sample_logit = zeros
+    sample_index = torch.full_like(target, -1)
+    sample_logit = torch.zeros_like(lse)
     if k > 0:
-        s = sample_columns(x.detach(), y, uniform.index_select(0, valid), k)
-        sample_index = sample_index.index_put((valid,), s)
-        sample_logit = zeros.index_put((valid,), x.gather(1, s[:, None]).squeeze(1))
-    return RowStats(
-        zeros.index_put((valid,), lse),
-        zeros.index_put((valid,), t),
-        sample_logit,
-        sample_index,
-    )
+        s = sample_columns(x.detach(), y, uniform, k)
+        sample_index = torch.where(valid & in_range, s, -1)
+        sample_logit = x.gather(1, s[:, None]).squeeze(1)
+
+    def finish(stat):
+        # zero on ignored rows; NaN where the target is out of range (only
+        # reachable with value checks off), as every backend does
+        return torch.where(valid, torch.where(in_range, stat, float("nan")), 0.0)
+
+    return RowStats(finish(lse), finish(t), finish(sample_logit) if k > 0 else sample_logit, sample_index)
