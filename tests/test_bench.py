@@ -1,0 +1,355 @@
+"""The benchmark suite's own logic (not its timings): arguments, schema,
+byte model, percentiles, skips and a tiny end-to-end sweep on the CPU."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from cringe_kernels.bench import cli, metrics, output, providers, runner, timing, workloads
+from cringe_kernels.bench.config import SweepConfig, preset
+
+TINY = ["--device", "cpu", "--quick", "--V", "512", "--N", "32", "--no-plot", "--no-progress",
+        "--compile-at", "none", "--max-reps", "2", "--rep-ms", "1", "--warmup-ms", "1",
+        "--threads", "1"]
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def test_defaults_come_from_the_device_preset():
+    cfg = cli.parse_args(["--device", "cpu"])
+    assert cfg == preset("cpu", "default")
+    assert cfg.device == "cpu" and cfg.preset == "default"
+    assert set(cfg.modes) == {"fwd", "bwd", "full"} and set(cfg.losses) == {"binary", "pairwise"}
+    assert cli.parse_args(["--device", "cpu", "--quick"]).preset == "quick"
+    assert cli.parse_args(["--device", "cpu", "--full"]).compile_at == "all"
+
+
+def test_gpu_preset_is_the_standard_sweep():
+    cfg = preset("cuda", "default")
+    assert cfg.vocab_sizes == (32000, 128256, 256000)
+    assert cfg.row_counts == (4096, 16384)
+    assert cfg.dtypes == ("bf16", "fp32")
+    assert cfg.standard in cfg.points()
+
+
+def test_options_override_the_preset(tmp_path):
+    cfg = cli.parse_args(["--device", "cpu", "--V", "1000,2000", "--N", "64", "--dtypes", "bfloat16,fp32,bf16",
+                          "--modes", "forward,full", "--losses", "pairwise", "--providers", "reference,ce",
+                          "--out", str(tmp_path), "--no-plot", "--time-budget", "30", "--threads", "1",
+                          "--compile-at", "all", "--k", "3"])
+    assert cfg.vocab_sizes == (1000, 2000) and cfg.row_counts == (64,)
+    assert cfg.dtypes == ("bf16", "fp32")  # aliases normalized, duplicates dropped
+    assert cfg.modes == ("fwd", "full") and cfg.losses == ("pairwise",)
+    assert cfg.providers == ("reference", "ce")
+    assert cfg.out_dir == str(tmp_path) and cfg.plot is False
+    assert cfg.time_budget_s == 30 and cfg.threads == 1 and cfg.compile_at == "all" and cfg.k == 3
+
+
+@pytest.mark.parametrize("argv", [
+    ["--modes", "sideways"], ["--dtypes", "int8"], ["--V", "1"], ["--N", "abc"], ["--quick", "--full"],
+    ["--losses", "hinge"], ["--compile-at", "sometimes"],
+])
+def test_bad_arguments_exit_with_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--device", "cpu"] + argv)
+    assert exc.value.code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--device", "cuda"])
+    assert cli.resolve_device("auto") == "cpu"
+
+
+def test_unknown_provider_names_the_known_ones():
+    known = providers.all_providers("cpu")
+    with pytest.raises(ValueError, match="reference"):
+        providers.select(known, ["referense"])
+    names = [p.name for p in providers.select(known, ["baselines"])]
+    assert names[:2] == ["reference", "reference-compiled"] and "ce-eager" in names
+
+
+def test_a_backend_named_but_unavailable_is_kept_as_a_skip():
+    chosen = providers.select(providers.all_providers("cpu"), ["triton"], "cpu")
+    assert [p.name for p in chosen] == ["triton"] and "interpreter" in chosen[0].unavailable
+
+
+def test_every_kernel_backend_also_runs_in_place():
+    names = [p.name for p in providers.all_providers("cpu")]
+    for backend in providers.kernel_backends(torch.device("cpu")):
+        assert backend in names and f"{backend}-inplace" in names
+
+
+# ---------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("values", [[3.0], [5.0, 1.0], [1.0, 2.0, 3.0, 4.0, 10.0], list(range(17))])
+@pytest.mark.parametrize("q", [0, 20, 50, 80, 100])
+def test_percentile_matches_numpy(values, q):
+    np = pytest.importorskip("numpy")
+    assert timing.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_rejects_bad_input():
+    with pytest.raises(ValueError):
+        timing.percentile([], 50)
+    with pytest.raises(ValueError):
+        timing.percentile([1.0], 101)
+
+
+def test_byte_model():
+    N, V = 4096, 128256
+    assert metrics.model_bytes("fwd", N, V, 2) == N * V * 2  # one read
+    assert metrics.model_bytes("bwd", N, V, 2) == 2 * N * V * 2  # read + write
+    assert metrics.model_bytes("full", N, V, 4) == 3 * N * V * 4  # two reads + one write
+    assert metrics.gbps(2e9, 1000.0) == pytest.approx(2.0)
+    assert metrics.gbps(1, 0) is None
+    r = {"mode": "bwd", "N": 10, "V": 100, "median_ms": 1.0}
+    metrics.fill_bandwidth(r, 4, copy_gbps=0.016)
+    assert r["model_bytes"] == 8000 and r["gbps"] == pytest.approx(0.008) and r["frac_copy_bw"] == pytest.approx(0.5)
+
+
+def test_speedups_compare_with_baselines_of_the_same_point():
+    def rec(provider, loss, ms, mode="full", V=100):
+        return {"provider": provider, "loss": loss, "mode": mode, "V": V, "N": 8, "dtype": "fp32",
+                "status": "ok", "median_ms": ms}
+    records = [rec("reference", "binary", 10.0), rec("cpu", "binary", 2.0), rec("ce-eager", "ce", 1.0),
+               rec("cpu", "binary", 5.0, V=200), rec("cpu", "pairwise", 4.0)]
+    metrics.add_speedups(records)
+    assert records[1]["speedup_vs_reference"] == pytest.approx(5.0)
+    assert records[1]["speedup_vs_ce_eager"] == pytest.approx(0.5)
+    assert records[1]["speedup_vs_reference_compiled"] is None
+    assert records[2]["speedup_vs_reference"] is None  # CE is not the Cringe loss
+    assert records[3]["speedup_vs_reference"] is None  # no baseline at V=200
+    assert records[4]["speedup_vs_reference"] is None  # no pairwise reference
+
+
+def test_shape_rows_gives_an_even_number_of_sequences():
+    for N in (2, 32, 64, 256, 1000, 4096, 16384):
+        for seq_len in (1, 32, 256, 1024):
+            B, T = workloads.shape_rows(N, seq_len)
+            assert B * T == N and B % 2 == 0 and T <= seq_len
+    with pytest.raises(ValueError):
+        workloads.shape_rows(7, 4)
+
+
+def test_workloads_have_n_rows_and_fixed_draws():
+    for loss in ("binary", "pairwise", "ce"):
+        w = workloads.make_workload(loss, 64, 16, "fp32", "cpu", seq_len=4)
+        assert sum(t.shape[0] * t.shape[1] if t.dim() == 3 else t.shape[0] for t in w.leaves) == 16
+        assert all(t.requires_grad and t.shape[-1] == 64 for t in w.leaves)
+    w = workloads.make_workload("binary", 64, 16, "bf16", "cpu", seq_len=4)
+    feedback = w.args[2]
+    assert feedback.shape == (4, 1) and feedback.sum().item() == 2  # half the sequences negative
+    assert w.leaves[0].dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- timing and memory
+
+
+def test_setup_is_not_timed():
+    timer = timing.CpuTimer(warmup=1, rep_ms=1.0, min_reps=3, max_reps=3)
+    t = timer.measure(lambda: None, setup=lambda: time.sleep(0.02))
+    assert t.reps == 3 and t.median_ms < 10.0
+    assert t.p20_ms <= t.median_ms <= t.p80_ms
+
+
+def test_cuda_timer_keeps_setup_out_with_fake_events(monkeypatch):
+    # The GPU timer's bookkeeping, checked without a GPU: events that read
+    # the host clock when recorded stand in for CUDA events.
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    timer = timing.CudaTimer(2, 5.0, 3, 10, device="cpu")
+    t = timer.measure(lambda: time.sleep(0.002), setup=lambda: time.sleep(0.02))
+    assert 3 <= t.reps <= 10
+    assert 1.5 <= t.median_ms < 15.0  # the 20 ms setup is not in it
+
+
+def test_cpu_peak_memory_sees_a_large_tensor():
+    meter = timing.make_memory_meter(torch.device("cpu"))
+    if not meter.available:
+        pytest.skip(meter.reason)
+    reading = meter.measure(lambda: torch.ones(16 << 20).sum())  # 64 MiB of float32, written, freed
+    assert 48 << 20 <= reading.peak_bytes <= 256 << 20
+
+
+def test_bwd_mode_runs_the_forward_in_setup_and_inplace_refills():
+    calls = {"fwd": 0, "refill": 0}
+    w = workloads.make_workload("ce", 32, 8, "fp32", "cpu", seq_len=4)
+    w.refill = lambda: calls.__setitem__("refill", calls["refill"] + 1)
+
+    def fn(x, y):
+        calls["fwd"] += 1
+        return (x.float() ** 2).sum()
+
+    setup, run = runner.mode_functions(fn, w, "bwd", mutates="backward")
+    setup()
+    assert calls == {"fwd": 1, "refill": 1}
+    (grad,) = run()
+    assert torch.allclose(grad, 2 * w.leaves[0].detach())
+    setup, run = runner.mode_functions(fn, w, "fwd", mutates="backward")
+    assert setup is None  # a forward does not overwrite the logits
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(device="cpu", preset="quick", vocab_sizes=(256,), row_counts=(16,), dtypes=("fp32",),
+                standard=(256, 16, "fp32"), compile_at="none", seq_len=4, warmup=1, min_reps=1, max_reps=2,
+                rep_ms=1.0, out_dir=str(tmp_path), plot=False, progress=False, copy_mib=16, warmup_ms=1.0,
+                threads=1)
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def test_failures_and_budgets_become_records(tmp_path):
+    def broken(loss):
+        def fn(*args):
+            raise RuntimeError("kernel exploded\nsecond line")
+        return fn
+    provs = [providers.Provider("boom", "cringe", broken),
+             providers.Provider("absent", "ce", lambda loss: None, unavailable="not installed here"),
+             providers.Provider("ce-eager", "ce", lambda loss: providers.ce_fn)]
+    result = runner.run_sweep(_cfg(tmp_path, modes=("full",)), providers=provs)
+    by = {(r["provider"], r["loss"]): r for r in result.records}
+    assert by[("boom", "binary")]["status"] == "error"
+    assert by[("boom", "binary")]["reason"] == "RuntimeError: kernel exploded"
+    assert by[("absent", "ce")]["status"] == "skipped" and by[("absent", "ce")]["reason"] == "not installed here"
+    assert by[("ce-eager", "ce")]["status"] == "ok"
+    flaky = providers.Provider("boom-compiled", "cringe", broken, compiled=True)
+    result = runner.run_sweep(_cfg(tmp_path, modes=("fwd", "full"), compile_at="standard"), providers=[flaky])
+    assert [r["status"] for r in result.records] == ["skipped"] * 4  # 2 losses x 2 modes
+    assert result.records[0]["reason"] == "torch.compile failed: RuntimeError: kernel exploded"
+    assert result.records[1]["reason"].endswith("(earlier)")  # not compiled again
+    result = runner.run_sweep(_cfg(tmp_path, modes=("full",), time_budget_s=0.0), providers=provs[2:])
+    assert [r["status"] for r in result.records] == ["skipped"]
+    assert "time budget" in result.records[0]["reason"]
+
+
+def test_a_measurement_running_past_the_budget_is_cut(tmp_path):
+    def slow(loss):
+        def fn(logits, target):
+            time.sleep(0.3)
+            return logits.sum()
+        return fn
+    provs = [providers.Provider("slow", "ce", slow), providers.Provider("slow-compiled", "ce", slow, compiled=True)]
+    start = time.perf_counter()
+    result = runner.run_sweep(_cfg(tmp_path, modes=("fwd", "full"), time_budget_s=0.5, compile_at="standard",
+                                   min_reps=5), providers=provs)
+    assert time.perf_counter() - start < 10
+    assert [r["status"] for r in result.records] == ["skipped"] * 4
+    assert result.records[0]["reason"] == "time budget ended during this measurement"
+    assert not result.interrupted
+
+
+def test_eager_providers_leave_part_of_the_budget_to_compiled_ones(tmp_path):
+    provs = providers.all_providers("cpu")
+    cfg = _cfg(tmp_path, compile_at="standard", time_budget_s=100.0)
+    assert runner._deadlines(cfg, runner.plan(cfg, provs)) == {False: 100.0 * runner.EAGER_SHARE, True: 100.0}
+    cfg = cfg.with_(compile_at="none")
+    assert runner._deadlines(cfg, runner.plan(cfg, provs)) == {False: 100.0, True: 100.0}
+    assert runner._deadlines(cfg.with_(time_budget_s=None), [])[False] == float("inf")
+
+
+def test_points_run_smallest_first():
+    cfg = preset("cuda", "default")
+    sizes = [V * N * (2 if dt == "bf16" else 4) for V, N, dt in cfg.points()]
+    assert sizes == sorted(sizes) and len(sizes) == 12
+
+
+def test_compiled_providers_run_last_and_only_at_the_standard_point(tmp_path):
+    provs = providers.all_providers("cpu")
+    cfg = _cfg(tmp_path, vocab_sizes=(256, 512), compile_at="standard")
+    tasks = runner.plan(cfg, provs)
+    compiled = [t for t in tasks if t.provider.compiled]
+    assert compiled and all((t.V, t.N, t.dtype) == (256, 16, "fp32") for t in compiled)
+    first_compiled = tasks.index(compiled[0])
+    assert all(t.provider.compiled for t in tasks[first_compiled:])
+    assert not [t for t in runner.plan(cfg.with_(compile_at="none"), provs) if t.provider.compiled]
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    status = cli.main(TINY + ["--providers", "reference,kernels,ce-eager", "--out", str(out)])
+    assert time.perf_counter() - start < 60
+    assert status == 0
+    assert torch.get_num_threads() == threads  # restored after the sweep
+    rows = output.read_csv(out / output.CSV_NAME)
+    with open(out / output.CSV_NAME) as f:
+        assert tuple(f.readline().strip().split(",")) == output.COLUMNS
+    kernels = providers.kernel_backends(torch.device("cpu"))
+    # 2 losses x 3 modes per Cringe provider (kernels twice: plain and in place), 3 modes of CE.
+    assert len(rows) == 6 * (1 + 2 * len(kernels)) + 3
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    for r in rows:
+        assert float(r["median_ms"]) > 0 and float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert int(r["model_bytes"]) == metrics.model_bytes(r["mode"], 32, 512, 4)
+    ref = [r for r in rows if r["provider"] == "reference"]
+    assert all(float(r["speedup_vs_reference"]) == pytest.approx(1.0) for r in ref)
+    assert all(r["speedup_vs_ce_eager"] for r in ref)
+    with open(out / output.JSON_NAME) as f:
+        doc = json.load(f)
+    for key in ("device_name", "torch", "triton", "python", "git_commit", "date_utc", "cpu_model", "cpu_count"):
+        assert key in doc["environment"]
+    assert doc["byte_model"] and doc["copy_bandwidth"]["gbps"] > 0
+    assert len(doc["records"]) == len(rows) and doc["columns"] == list(output.COLUMNS)
+    summary = (out / output.SUMMARY_NAME).read_text()
+    assert "reference" in summary and "ce-eager" in summary and "median time" in summary
+
+
+def test_plots_are_written_when_matplotlib_exists(tmp_path):
+    pytest.importorskip("matplotlib")
+    from cringe_kernels.bench.plots import plot_all
+
+    records = []
+    for provider, loss in (("reference", "binary"), ("ce-eager", "ce")):
+        for V in (256, 512):
+            for mode in ("fwd", "full"):
+                records.append({"provider": provider, "loss": loss, "mode": mode, "V": V, "N": 16,
+                                "dtype": "fp32", "status": "ok", "median_ms": V / 100, "peak_mem_mib": V / 64})
+    paths, note = plot_all(records, str(tmp_path))
+    assert note == "" and [os.path.basename(p) for p in paths] == ["plot_binary_fp32_N16.png"]
+    assert os.path.getsize(paths[0]) > 1000
+
+
+def test_summary_marks_skips_and_errors():
+    records = [
+        {"provider": "reference", "loss": "binary", "mode": "full", "V": 8, "N": 2, "dtype": "fp32",
+         "status": "ok", "median_ms": 2.0, "peak_mem_mib": 1.0},
+        {"provider": "cuda", "loss": "binary", "mode": "full", "V": 8, "N": 2, "dtype": "fp32",
+         "status": "skipped", "reason": "no GPU", "median_ms": None},
+        {"provider": "cpu", "loss": "binary", "mode": "full", "V": 8, "N": 2, "dtype": "fp32",
+         "status": "error", "reason": "boom", "median_ms": None},
+    ]
+    result = runner.SweepResult(SweepConfig(), records, {"device_name": "x"}, None, "m")
+    text = output.summary(result)
+    assert "skip" in text and "ERR" in text and "boom" in text
+    empty = runner.SweepResult(SweepConfig(), [], {}, None, "m", interrupted=True)
+    assert "no measurements" in output.summary(empty) and "INTERRUPTED" in output.summary(empty)
+
+
+def test_list_providers_says_what_runs_here(capsys):
+    assert cli.main(["--device", "cpu", "--list-providers"]) == 0
+    out = capsys.readouterr().out
+    assert "reference" in out and "ce-eager" in out and "liger-ce" in out
