@@ -1,0 +1,255 @@
+"""Triton kernels of the row-statistics primitive (forward and backward).
+
+Only ``@triton.jit`` code lives here; allocation, launch parameters and the
+``torch.library`` registration are in :mod:`cringe_kernels.backends.triton_backend`.
+The meaning of every input and output is in :mod:`cringe_kernels.backends.base`.
+
+Forward, one program per row, one streaming read of the row in blocks of
+``BLOCK`` columns:
+
+* online max / sum-exp for the log-sum-exp;
+* a streaming top-k that skips the target column. The running list is a
+  ``KPAD``-wide register array of (key, column) pairs, unsorted, of which the
+  first ``K`` slots are live. The pair order is SPEC.md's: key descending, then
+  column ascending; the key is the logit with NaN mapped to ``+inf`` (as the
+  reference orders it). The list's worst live pair is the threshold. A block
+  whose largest key is below the threshold costs one extra reduction; only a
+  block holding pairs that beat the threshold enters the insertion loop, which
+  moves the block's best pair into the worst slot until no pair of the block
+  beats the (rising) threshold, so it runs at most ``K`` times per block and,
+  on typical rows, only in the first few blocks;
+* the inverse-CDF draw over the ``K`` candidates with the row's uniform. The
+  list stays unsorted: each slot's position in SPEC order is the number of
+  live slots that beat it, and its CDF value the sum of ``q`` over the slots
+  at or before it (``[KPAD, KPAD]`` comparisons, once per row). The sums
+  round differently from the reference's cumsum, so a ``u`` within rounding
+  of a CDF boundary may pick the neighbouring candidate.
+
+Sentinel columns keep the order total without value tricks: an empty slot
+holds ``(-inf, EMPTY + slot)`` and the target column and the padding past
+``V`` hold ``(-inf, EXCLUDED)``, with ``V <= EMPTY < EMPTY + KPAD <= EXCLUDED``.
+So every real column, ``-inf`` included, beats an empty slot, nothing beats a
+live slot by being excluded, and a ``-inf`` logit can still be a candidate
+when fewer than ``K`` finite ones exist (SPEC.md: -inf is legal, rarely picked).
+
+Backward, one program per (row, block of columns): one read of the logits and
+one write of the gradient, fp32 math (fp64 for fp64 logits) and a single cast
+at the store, so the target column's ``grad_target`` term is not rounded to
+bf16 on its own.
+
+All memory offsets are int64 (``N * V`` may exceed ``2**31``); columns are
+int32 (the launcher checks ``V < 2**30``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Column sentinels (int32). Real columns are < 2**30 (checked by the launcher).
+EMPTY: tl.constexpr = tl.constexpr(1 << 30)
+EXCLUDED: tl.constexpr = tl.constexpr((1 << 31) - 1)
+
+
+@triton.jit
+def _best_pair(v, i, NO_COL: tl.constexpr):
+    """Best (key, column) of a block: largest key, lowest column among ties.
+
+    Two plain reductions rather than one over pairs: max/min reductions are
+    native on the GPU, and the interpreter runs a custom combine element by
+    element.
+    """
+    best_v = tl.max(v, 0)
+    best_i = tl.min(tl.where(v == best_v, i, NO_COL), 0)
+    return best_v, best_i
+
+
+@triton.jit
+def _worst_live(top_v, top_i, live):
+    """Worst live (key, column) of the list: smallest key, highest column among ties."""
+    worst_v = tl.min(tl.where(live, top_v, float("inf")), 0)
+    worst_i = tl.max(tl.where(live & (top_v == worst_v), top_i, -1), 0)
+    return worst_v, worst_i
+
+
+@triton.jit
+def _to_bf16_rtne(v):
+    """float32 -> bfloat16, round to nearest even, in integer arithmetic.
+
+    The GPU's conversion rounds to nearest even; Triton's CPU interpreter
+    truncates. This reproduces the GPU's result so that the interpreter's
+    bf16 gradients are the ones a GPU writes. (A NaN stays NaN: its quiet
+    bit survives the carry.)
+    """
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _row_base(row, T, stride_b, stride_t):
+    """int64 offset of row ``row = b * T + t`` in a ``[B, T, V]`` view."""
+    row = row.to(tl.int64)
+    return (row // T) * stride_b + (row % T) * stride_t
+
+
+@triton.jit
+def row_stats_fwd_kernel(
+    x_ptr,            # [B, T, V] logits, last stride 1
+    target_ptr,       # [N] int64
+    uniform_ptr,      # [N] float32 (unused when K == 0)
+    lse_ptr,          # [N] ACC
+    tlogit_ptr,       # [N] ACC
+    slogit_ptr,       # [N] ACC
+    sidx_ptr,         # [N] int64
+    T,
+    V,
+    stride_b,
+    stride_t,
+    ignore_index,
+    ACC: tl.constexpr,      # tl.float32, or tl.float64 for float64 logits
+    K: tl.constexpr,        # k_eff = min(k, V - 1); 0 disables sampling
+    KPAD: tl.constexpr,     # power of two >= max(K, 1)
+    BLOCK: tl.constexpr,    # columns per step, power of two
+):
+    row = tl.program_id(0)
+    base = _row_base(row, T, stride_b, stride_t)
+    y = tl.load(target_ptr + row)
+    ignored = y == ignore_index
+    in_range = (y >= 0) & (y < V)
+    y32 = tl.where(in_range, y, 0).to(tl.int32)
+
+    if ignored:
+        tl.store(lse_ptr + row, 0.0)
+        tl.store(tlogit_ptr + row, 0.0)
+        tl.store(slogit_ptr + row, 0.0)
+        tl.store(sidx_ptr + row, -1)
+    else:
+        cols0 = tl.arange(0, BLOCK)
+        slots = tl.arange(0, KPAD)
+        live = slots < K
+        # Running top-k list and its worst live pair (the threshold).
+        top_v = tl.full((KPAD,), float("-inf"), ACC)
+        top_i = (slots + EMPTY).to(tl.int32)
+        thr_v, thr_i = _worst_live(top_v, top_i, live)
+        m = tl.full((), float("-inf"), ACC)
+        s = tl.zeros((), ACC)
+        shift = tl.zeros((), ACC)
+        for start in range(0, V, BLOCK):
+            cols = start + cols0
+            inside = cols < V
+            x = tl.load(x_ptr + base + cols, mask=inside, other=float("-inf")).to(ACC)
+            # Online log-sum-exp. The shift is 0 while the max is infinite so
+            # that -inf - -inf never makes a NaN (an all -inf row gives -inf,
+            # a +inf logit gives +inf, as torch.logsumexp does). An empty sum
+            # is not rescaled: after -inf-only blocks, a first max of -200
+            # would scale 0 by exp(200) = inf.
+            m_new = tl.maximum(m, tl.max(x, 0))
+            shift = tl.where((m_new == float("inf")) | (m_new == float("-inf")), 0.0, m_new).to(ACC)
+            old_shift = tl.where((m == float("inf")) | (m == float("-inf")), 0.0, m).to(ACC)
+            s = tl.where(s == 0, s, s * tl.exp(old_shift - shift)) + tl.sum(tl.exp(x - shift), 0)
+            m = m_new
+            if K > 0:
+                key = tl.where(x != x, float("inf"), x).to(ACC)
+                excluded = (cols == y32) | (~inside)
+                key = tl.where(excluded, float("-inf"), key)
+                # Cheap gate: a block entirely below the threshold adds nothing.
+                b_v = tl.max(key, 0)
+                if b_v >= thr_v:
+                    idx = tl.where(excluded, EXCLUDED, cols).to(tl.int32)
+                    b_i = tl.min(tl.where(key == b_v, idx, EXCLUDED), 0)
+                    while (b_v > thr_v) | ((b_v == thr_v) & (b_i < thr_i)):
+                        # The threshold pair is unique among live slots
+                        # (distinct columns), so this replaces exactly one.
+                        slot = live & (top_i == thr_i)
+                        top_v = tl.where(slot, b_v, top_v)
+                        top_i = tl.where(slot, b_i, top_i)
+                        thr_v, thr_i = _worst_live(top_v, top_i, live)
+                        taken = idx == b_i
+                        key = tl.where(taken, float("-inf"), key)
+                        idx = tl.where(taken, EXCLUDED, idx)
+                        b_v, b_i = _best_pair(key, idx, EXCLUDED)
+
+        lse = shift + tl.log(s)
+        t_logit = tl.load(x_ptr + base + y32, mask=in_range, other=0.0).to(ACC)
+        nan = tl.full((), float("nan"), ACC)
+        if K > 0:
+            # The inverse-CDF draw over the (unsorted) live slots. Position in
+            # SPEC order of slot j = number of live slots that beat it; the
+            # CDF at j sums q over the slots at or before j.
+            u = tl.load(uniform_ptr + row).to(ACC)
+            c1 = tl.max(tl.where(live, top_v, float("-inf")), 0)
+            w = tl.where(live & (top_v != float("-inf")), tl.exp(top_v - c1), 0.0)
+            q = w / tl.sum(w, 0)
+            vj = top_v[:, None]
+            ij = top_i[:, None]
+            vl = top_v[None, :]
+            il = top_i[None, :]
+            beats = live[None, :] & ((vl > vj) | ((vl == vj) & (il < ij)))
+            rank = tl.sum(beats.to(tl.int32), 1)
+            cdf = tl.sum(tl.where(beats | (il == ij), q[None, :], 0.0), 1)
+            hit = live & (cdf > u)
+            positive = live & (q > 0)
+            first_hit = tl.min(tl.where(hit, rank, KPAD), 0)
+            last_positive = tl.max(tl.where(positive, rank, -1), 0)
+            pick = tl.where(first_hit < KPAD, first_hit, tl.where(last_positive >= 0, last_positive, 0))
+            s_col = tl.sum(tl.where(live & (rank == pick), top_i, 0), 0)
+            # Every live slot holds a real column once the row is streamed
+            # (K <= V - 1 and any real column beats an empty slot); the mask
+            # only guarantees that no input can make this load stray.
+            sampled = in_range & (s_col < V)
+            s_logit = tl.load(x_ptr + base + s_col, mask=sampled, other=float("nan")).to(ACC)
+            tl.store(slogit_ptr + row, tl.where(sampled, s_logit, nan))
+            tl.store(sidx_ptr + row, tl.where(sampled, s_col.to(tl.int64), -1))
+        else:
+            tl.store(slogit_ptr + row, tl.where(in_range, 0.0, nan).to(ACC))
+            tl.store(sidx_ptr + row, -1)
+        tl.store(lse_ptr + row, tl.where(in_range, lse, nan))
+        tl.store(tlogit_ptr + row, tl.where(in_range, t_logit, nan))
+
+
+@triton.jit
+def row_stats_bwd_kernel(
+    x_ptr,            # [B, T, V] logits, last stride 1
+    out_ptr,          # [B, T, V] gradient, last stride 1 (may be x_ptr)
+    target_ptr,       # [N] int64
+    sidx_ptr,         # [N] int64, -1 where not sampled
+    lse_ptr,          # [N] ACC
+    glse_ptr,         # [N] ACC
+    gt_ptr,           # [N] ACC
+    gs_ptr,           # [N] ACC
+    T,
+    V,
+    stride_b,
+    stride_t,
+    out_stride_b,
+    out_stride_t,
+    ignore_index,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BF16_BY_HAND: tl.constexpr,  # bfloat16 output under the interpreter
+):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < V
+    base = _row_base(row, T, stride_b, stride_t)
+    out_base = _row_base(row, T, out_stride_b, out_stride_t)
+    y = tl.load(target_ptr + row)
+    valid = y != ignore_index
+    s_col = tl.load(sidx_ptr + row)
+    lse = tl.load(lse_ptr + row).to(ACC)
+    g_lse = tl.load(glse_ptr + row).to(ACC)
+    g_t = tl.load(gt_ptr + row).to(ACC)
+    g_s = tl.load(gs_ptr + row).to(ACC)
+    x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(ACC)
+    # cols are in [0, V), so an out-of-range target or a -1 sample index
+    # simply matches nothing.
+    c64 = cols.to(tl.int64)
+    dx = g_lse * tl.exp(x - lse) + tl.where(c64 == y, g_t, 0.0) + tl.where(c64 == s_col, g_s, 0.0)
+    # Ignored rows get exact zeros even where their logits are NaN or inf.
+    dx = tl.where(valid, dx, 0.0)
+    if BF16_BY_HAND:
+        dx = _to_bf16_rtne(dx)
+    else:
+        dx = dx.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + out_base + cols, dx, mask=inside)
