@@ -1,0 +1,115 @@
+// pybind11 module cringe_kernels._C_cuda: the CUDA launchers over raw pointers.
+//
+// Compiled by the host compiler against cuda_runtime_api.h and linked with
+// the static CUDA runtime, so importing it needs neither a GPU nor a driver;
+// a call without one raises RuntimeError carrying the CUDA error message.
+// Pointers and the stream arrive as Python ints; `device` is the CUDA device
+// index the pointers live on (this module's runtime is not torch's, so it
+// selects the device itself).
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/launch.h"
+
+#ifndef CRINGE_CUDA_ARCHS
+#define CRINGE_CUDA_ARCHS "unknown"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("cringe_kernels._C_cuda ") + what + ": " + cudaGetErrorName(err) + ": " +
+                             cudaGetErrorString(err));
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "cringe_kernels CUDA kernels (torch-free; pointers and stream as ints)";
+  m.attr("archs") = CRINGE_CUDA_ARCHS;
+  m.attr("cuda_runtime_version") = CUDART_VERSION;
+  m.attr("max_k") = cringe::cuda::kMaxK;
+
+  m.def(
+      "forward",
+      [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
+         std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
+         std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
+         std::uintptr_t stream) {
+        cringe::ForwardParams p{};
+        p.dtype = static_cast<cringe::DType>(dtype);
+        p.logits = ptr<const void>(logits);
+        p.B = B;
+        p.T = T;
+        p.V = V;
+        p.stride_b = stride_b;
+        p.stride_t = stride_t;
+        p.target = ptr<const int64_t>(target);
+        p.uniform = ptr<const float>(uniform);
+        p.k = k;
+        p.ignore_index = ignore_index;
+        p.lse = ptr<void>(lse);
+        p.target_logit = ptr<void>(target_logit);
+        p.sample_logit = ptr<void>(sample_logit);
+        p.sample_index = ptr<int64_t>(sample_index);
+        check(cudaSetDevice(device), "cudaSetDevice");
+        check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream)), "forward launch");
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py.");
+
+  m.def(
+      "backward",
+      [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
+         std::uintptr_t target, std::uintptr_t sample_index, std::uintptr_t lse, std::uintptr_t grad_lse,
+         std::uintptr_t grad_target, std::uintptr_t grad_sample, int64_t ignore_index, std::uintptr_t grad,
+         int64_t grad_stride_b, int64_t grad_stride_t, int device, std::uintptr_t stream) {
+        cringe::BackwardParams p{};
+        p.dtype = static_cast<cringe::DType>(dtype);
+        p.logits = ptr<const void>(logits);
+        p.B = B;
+        p.T = T;
+        p.V = V;
+        p.stride_b = stride_b;
+        p.stride_t = stride_t;
+        p.target = ptr<const int64_t>(target);
+        p.sample_index = ptr<const int64_t>(sample_index);
+        p.lse = ptr<const void>(lse);
+        p.grad_lse = ptr<const void>(grad_lse);
+        p.grad_target = ptr<const void>(grad_target);
+        p.grad_sample = ptr<const void>(grad_sample);
+        p.ignore_index = ignore_index;
+        p.grad = ptr<void>(grad);
+        p.grad_stride_b = grad_stride_b;
+        p.grad_stride_t = grad_stride_t;
+        check(cudaSetDevice(device), "cudaSetDevice");
+        check(cringe::cuda::launch_backward(p, reinterpret_cast<cudaStream_t>(stream)), "backward launch");
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "Gradient of the logits on `stream`; grad may alias logits.");
+
+  m.def(
+      "device_count",
+      []() -> py::tuple {
+        int n = 0;
+        const cudaError_t err = cudaGetDeviceCount(&n);
+        if (err != cudaSuccess) {
+          cudaGetLastError();  // clear the non-sticky error
+          return py::make_tuple(0, std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err));
+        }
+        return py::make_tuple(n, std::string());
+      },
+      "(number of CUDA devices this module's runtime sees, error message or '').");
+}

@@ -1,0 +1,194 @@
+// CUDA forward kernel of the row-statistics primitive: one block per row.
+//
+// One read of the row. Each thread walks its columns (16-byte packs where
+// aligned) keeping an online (max, sum-exp) pair and a sorted list of its own
+// best k_eff non-target columns in shared memory; a register threshold (the
+// list's last key) turns almost every element into one compare. Then:
+//   * the (max, sum) pairs are merged by warp shuffles and one shared step,
+//   * the per-thread lists are merged by k_eff rounds of a block-wide argmax
+//     over the list heads (value desc, column asc: SPEC.md's order),
+//   * thread 0 draws from the k_eff candidates (row_math.h) and writes the
+//     four outputs.
+// Offsets of rows are int64; columns inside a row are int32 (V < 2^31).
+#include <climits>
+
+#include "common.cuh"
+#include "launch.h"
+
+namespace cringe {
+namespace cuda {
+namespace {
+
+constexpr int kMaxThreads = 256;
+// Shared memory for the per-thread lists; below the 48 KiB a launch gets
+// without opting in, with room for the kernel's static arrays.
+constexpr int kListBytes = 40 * 1024;
+
+template <class Acc>
+__device__ __forceinline__ void warp_argmax(Acc& key, int& col) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const Acc ok = shfl_xor(key, off);
+    const int oc = shfl_xor(col, off);
+    if (comes_before(ok, oc, key, col)) {
+      key = ok;
+      col = oc;
+    }
+  }
+}
+
+template <class Acc>
+__device__ __forceinline__ void warp_lse(LseState<Acc>& st) {
+  const FastExp ex;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    LseState<Acc> o{shfl_xor(st.m, off), shfl_xor(st.s, off)};
+    st.merge(o, ex);
+  }
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParams p, const int k_eff) {
+  using Ty = Types<D>;
+  using S = typename Ty::S;
+  using Acc = typename Ty::Acc;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  Acc* list_keys = reinterpret_cast<Acc*>(smem);
+  int* list_cols = reinterpret_cast<int*>(list_keys + static_cast<size_t>(k_eff) * blockDim.x);
+  __shared__ Acc cand_keys[kMaxK];
+  __shared__ int cand_cols[kMaxK];
+  __shared__ Acc warp_m[32];  // log-sum-exp partials
+  __shared__ Acc warp_s[32];
+  __shared__ Acc warp_key[32];  // top-k merge partials (separate: no barrier between the two)
+  __shared__ int warp_col[32];
+
+  const int V = static_cast<int>(p.V);
+  const int64_t N = p.B * p.T;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = (blockDim.x + 31) >> 5;
+  Acc* lse_out = static_cast<Acc*>(p.lse);
+  Acc* tl_out = static_cast<Acc*>(p.target_logit);
+  Acc* sl_out = static_cast<Acc*>(p.sample_logit);
+
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int64_t y = p.target[i];
+    if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
+      if (threadIdx.x == 0) {
+        const Acc v = y == p.ignore_index ? Acc(0) : Acc(NAN);
+        lse_out[i] = v;
+        tl_out[i] = v;
+        sl_out[i] = v;
+        p.sample_index[i] = -1;
+      }
+      continue;
+    }
+    const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+    const int yc = static_cast<int>(y);
+
+    LseState<Acc> st = LseState<Acc>::empty();
+    StridedTopK<Acc, int> tk{list_keys + threadIdx.x, list_cols + threadIdx.x, static_cast<int>(blockDim.x), k_eff, 0};
+    Acc thr = neg_inf<Acc>();
+    const FastExp ex;
+    walk_row(row, V, [&](int col, S raw) {
+      const Acc x = Ty::load(raw);
+      st.push(x, ex);
+      if (k_eff > 0 && col != yc) {
+        const Acc key = topk_key(x);
+        if (key > thr || tk.count < k_eff) {
+          tk.offer(key, col);
+          thr = tk.threshold();
+        }
+      }
+    });
+
+    // log-sum-exp of the row.
+    warp_lse(st);
+    if (lane == 0) {
+      warp_m[warp] = st.m;
+      warp_s[warp] = st.s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      st = lane < nwarps ? LseState<Acc>{warp_m[lane], warp_s[lane]} : LseState<Acc>::empty();
+      warp_lse(st);
+      if (lane == 0) {
+        lse_out[i] = st.lse();
+        tl_out[i] = Ty::load(row[yc]);
+      }
+    }
+
+    if (k_eff > 0) {
+      // k_eff rounds of block argmax over the heads of the per-thread lists.
+      int head = 0;
+      for (int r = 0; r < k_eff; ++r) {
+        Acc hk = head < tk.count ? list_keys[head * blockDim.x + threadIdx.x] : neg_inf<Acc>();
+        int hc = head < tk.count ? list_cols[head * blockDim.x + threadIdx.x] : INT_MAX;
+        warp_argmax(hk, hc);
+        if (lane == 0) {
+          warp_key[warp] = hk;
+          warp_col[warp] = hc;
+        }
+        __syncthreads();
+        if (warp == 0) {
+          hk = lane < nwarps ? warp_key[lane] : neg_inf<Acc>();
+          hc = lane < nwarps ? warp_col[lane] : INT_MAX;
+          warp_argmax(hk, hc);
+          if (lane == 0) {
+            cand_keys[r] = hk;
+            cand_cols[r] = hc;
+          }
+        }
+        __syncthreads();
+        if (head < tk.count && list_cols[head * blockDim.x + threadIdx.x] == cand_cols[r]) ++head;
+      }
+      if (threadIdx.x == 0) {
+        const int col = cand_cols[draw_position(cand_keys, k_eff, 1, p.uniform[i])];
+        p.sample_index[i] = col;
+        sl_out[i] = Ty::load(row[col]);
+      }
+    } else if (threadIdx.x == 0) {
+      p.sample_index[i] = -1;
+      sl_out[i] = Acc(0);
+    }
+    // The shared arrays are reused by the next row of this block.
+    __syncthreads();
+  }
+}
+
+template <DType D>
+cudaError_t launch(const ForwardParams& p, int k_eff, cudaStream_t stream) {
+  using Acc = typename Types<D>::Acc;
+  using S = typename Types<D>::S;
+  const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
+  int threads = kMaxThreads;
+  // Fewer threads for large k (their lists share kListBytes) or short rows.
+  while (threads > 32 && static_cast<size_t>(threads) * per_thread > kListBytes) threads /= 2;
+  const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
+  while (threads > 32 && threads / 2 >= packs) threads /= 2;
+  const int64_t N = p.B * p.T;
+  const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
+  forward_kernel<D><<<grid, threads, threads * per_thread, stream>>>(p, k_eff);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream) {
+  if (p.B < 0 || p.T < 0 || p.V < 2 || p.V > kMaxV || p.k < 0) return cudaErrorInvalidValue;
+  const int64_t k_eff = p.k < p.V - 1 ? p.k : p.V - 1;
+  if (k_eff > kMaxK || (k_eff > 0 && p.uniform == nullptr)) return cudaErrorInvalidValue;
+  if (p.B * p.T == 0) return cudaSuccess;
+  const int k = static_cast<int>(k_eff);
+  switch (p.dtype) {
+    case DType::kFloat32: return launch<DType::kFloat32>(p, k, stream);
+    case DType::kFloat64: return launch<DType::kFloat64>(p, k, stream);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, k, stream);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace cringe

@@ -1,0 +1,129 @@
+"""Numerical checks of a compiled backend against the reference, shared by
+test_cpu_backend.py and test_cuda_backend.py (same checks, another device).
+
+Every check goes through the public API: ``cringe_loss`` /
+``pairwise_cringe_loss`` with ``backend=<kernel>`` versus
+``backend="reference"``, with explicit ``uniform`` so both must draw the same
+column. A differing draw is accepted only where ``u`` lies within ``1e-5`` of
+a CDF boundary of the row's candidates (float32 rounding may then
+legitimately go either way); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import cringe_kernels as ck
+from cringe_kernels import reference
+
+# Loss tolerances (statistics are float32 at least, computed from the same
+# rounded inputs; only summation order and exp() differ).
+LOSS_TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+    torch.bfloat16: dict(rtol=2e-5, atol=2e-6),
+    torch.float16: dict(rtol=2e-5, atol=2e-6),
+}
+# Gradient tolerances: both sides round once to the logits' dtype, so a
+# low-precision gradient may differ by one unit in the last place.
+GRAD_TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=2e-5, atol=1e-7),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-6),
+    torch.float16: dict(rtol=2e-3, atol=1e-6),
+}
+BOUNDARY = 1e-5
+
+
+def near_boundary(x_row: torch.Tensor, target: int, k: int, u: float) -> bool:
+    """Whether ``u`` is within BOUNDARY of a cumulative candidate probability."""
+    x = x_row.double()[None]
+    k_eff = min(k, x.shape[1] - 1)
+    cols = reference.top_candidates(x, torch.tensor([target], device=x.device), k_eff)
+    vals = x.gather(1, cols)
+    w = torch.where(vals == float("-inf"), 0.0, torch.exp(vals - vals[:, :1]))
+    cdf = (w / w.sum()).cumsum(1)
+    return bool(((cdf - u).abs() < BOUNDARY).any())
+
+
+def assert_same_samples(logits, target, uniform, k, got, want, ignore_index=-100):
+    """``got == want`` per row, except rows whose draw sits on a CDF boundary."""
+    V = logits.shape[-1]
+    rows = logits.reshape(-1, V)
+    got, want = got.reshape(-1).cpu(), want.reshape(-1).cpu()
+    y, u = target.reshape(-1).cpu(), uniform.reshape(-1).cpu()
+    for i in (got != want).nonzero().flatten().tolist():
+        assert y[i] != ignore_index and near_boundary(rows[i].cpu(), int(y[i]), k, float(u[i])), (
+            f"row {i}: sampled {int(got[i])}, reference {int(want[i])} (u={float(u[i])!r})")
+
+
+def run_binary(logits, target, feedback, backend, *, k, uniform, inplace=False, **kw):
+    """(details, grad of logits) of cringe_loss(reduction='none').sum()."""
+    x = logits.detach().clone().requires_grad_(True)
+    out = ck.cringe_loss(x, target, feedback, k=k, uniform=uniform, backend=backend, reduction="none",
+                         return_details=True, inplace_backward=inplace, **kw)
+    # A fixed non-uniform upstream gradient exercises g_lse, g_t, g_s per row.
+    weights = torch.linspace(0.5, 1.5, out.loss.numel(), dtype=out.loss.dtype, device=out.loss.device)
+    (out.loss.reshape(-1) * weights).sum().backward()
+    return out, x.grad
+
+
+def compare_binary(logits, target, feedback, backend, *, k=5, uniform=None, check_grad=True, **kw):
+    """Kernel backend vs reference on one case; returns the kernel's details."""
+    if uniform is None:
+        uniform = torch.rand(target.shape, generator=torch.Generator().manual_seed(1)).to(logits.device)
+    got, g_got = run_binary(logits, target, feedback, backend, k=k, uniform=uniform, **kw)
+    want, g_want = run_binary(logits, target, feedback, "reference", k=k, uniform=uniform, **kw)
+    assert_same_samples(logits, target, uniform, k, got.sample_index, want.sample_index)
+    same = (got.sample_index == want.sample_index).reshape(-1)
+    tol = LOSS_TOL[logits.dtype]
+    loss_rows = torch.nonzero(same).flatten()
+    for a, b in ((got.loss, want.loss), (got.ce_loss, want.ce_loss), (got.cringe_loss, want.cringe_loss)):
+        torch.testing.assert_close(a.reshape(-1)[loss_rows], b.reshape(-1)[loss_rows], equal_nan=True, **tol)
+    if check_grad:
+        V = logits.shape[-1]
+        ga, gb = g_got.reshape(-1, V)[loss_rows], g_want.reshape(-1, V)[loss_rows]
+        assert g_got.dtype == logits.dtype and g_got.shape == logits.shape
+        torch.testing.assert_close(ga, gb, equal_nan=True, **GRAD_TOL[logits.dtype])
+    return got, g_got
+
+
+def compare_pairwise(chosen, chosen_t, rejected, rejected_t, backend, *, k=5, **kw):
+    """Pairwise Cringe: kernel backend vs reference (loss details and both gradients)."""
+    u = torch.rand(rejected_t.shape, generator=torch.Generator().manual_seed(2)).to(rejected.device)
+    res = {}
+    for b in (backend, "reference"):
+        c = chosen.detach().clone().requires_grad_(True)
+        r = rejected.detach().clone().requires_grad_(True)
+        out = ck.pairwise_cringe_loss(c, chosen_t, r, rejected_t, k=k, uniform=u, backend=b, return_details=True,
+                                      **kw)
+        out.loss.sum().backward()
+        res[b] = (out, c.grad, r.grad)
+    (got, gc, gr), (want, wc, wr) = res[backend], res["reference"]
+    assert_same_samples(rejected, rejected_t, u, k, got.sample_index, want.sample_index)
+    if bool((got.sample_index == want.sample_index).all()):
+        tol = LOSS_TOL[chosen.dtype]
+        for name in ("loss", "ce_loss", "cringe_loss", "gate", "margin", "logp_chosen", "logp_rejected"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), **tol)
+        torch.testing.assert_close(gc, wc, **GRAD_TOL[chosen.dtype])
+        torch.testing.assert_close(gr, wr, **GRAD_TOL[chosen.dtype])
+
+
+def random_logits(shape, dtype, device, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def random_target(shape, V, device, seed=0, ignore_frac=0.2):
+    g = torch.Generator().manual_seed(seed + 1)
+    t = torch.randint(0, V, shape, generator=g)
+    t[torch.rand(shape, generator=g) < ignore_frac] = -100
+    return t.to(device)
+
+
+def half_negative(shape, device):
+    """Feedback: alternate positive / negative rows."""
+    n = 1
+    for s in shape:
+        n *= s
+    return (torch.arange(n) % 2 == 0).reshape(shape).to(device)
