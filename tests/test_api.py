@@ -142,3 +142,23 @@ def test_hf_shifted_logits_view_needs_no_copy(backend):
     ge, = torch.autograd.grad(expected, copy)
     torch.testing.assert_close(g[:, :-1], ge)
     assert torch.all(g[:, -1] == 0)
+
+
+def test_first_call_inside_fullgraph_compile():
+    # a fresh process, so that the backend is first imported while Dynamo traces
+    code = """
+import torch, cringe_kernels as ck
+x = torch.randn(2, 8, 50, requires_grad=True)
+y = torch.randint(0, 50, (2, 8))
+u = torch.rand(2, 8)
+step = torch.compile(lambda x: ck.cringe_loss(x, y, torch.tensor([[1], [0]]), uniform=u, backend="auto"),
+                     fullgraph=True, backend="aot_eager")
+loss = step(x)
+loss.backward()
+ref = ck.cringe_loss(x.detach(), y, torch.tensor([[1], [0]]), uniform=u, backend="reference")
+assert torch.allclose(loss, ref), (loss, ref)
+print("ok", ck.available_backends("cpu")[0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok")

@@ -8,7 +8,7 @@ that runs on this machine's CPU.
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import cringe_kernels as ck
@@ -16,7 +16,6 @@ import cringe_kernels as ck
 from helpers import TOLERANCES, cpu_kernel_backends
 
 BACKENDS = ["reference"] + cpu_kernel_backends()
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -57,7 +56,6 @@ def binary_cases(draw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@SETTINGS
 @given(case=binary_cases())
 def test_binary_backend_equals_reference(backend, case):
     logits, target, fb, uniform, kw = case
@@ -88,7 +86,6 @@ def test_binary_backend_equals_reference(backend, case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@SETTINGS
 @given(case=binary_cases(), margin=st.sampled_from([-1.0, 0.0, 2.0]), temperature=st.sampled_from([0.5, 1.0]),
        length_normalize=st.booleans(), gate_grad=st.booleans())
 def test_pairwise_backend_equals_reference(backend, case, margin, temperature, length_normalize, gate_grad):
@@ -108,7 +105,6 @@ def test_pairwise_backend_equals_reference(backend, case, margin, temperature, l
             torch.testing.assert_close(a, b, equal_nan=True, **TOLERANCES[torch.float32])
 
 
-@SETTINGS
 @given(case=binary_cases())
 def test_reductions_agree(case):
     logits, target, fb, uniform, kw = case

@@ -37,8 +37,14 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here; the message says why."""
 
 
-def _load(name: str) -> Union[RowStatsBackend, BackendStatus]:
-    """The backend object, or a BackendStatus saying why it is missing."""
+@torch.compiler.assume_constant_result
+def _import_backend(name: str) -> bool:
+    """Import and instantiate a kernel backend once.
+
+    Marked constant so that Dynamo runs it eagerly: a training step compiled
+    with ``fullgraph=True`` may call the loss for the first time, and Dynamo
+    refuses to trace an import.
+    """
     if name not in _loaded:
         module_name, class_name = _KERNEL_BACKENDS[name]
         try:
@@ -51,6 +57,12 @@ def _load(name: str) -> Union[RowStatsBackend, BackendStatus]:
             _loaded[name] = BackendStatus(name, False, (), reason)
         else:
             _loaded[name] = getattr(module, class_name)()
+    return True
+
+
+def _load(name: str) -> Union[RowStatsBackend, BackendStatus]:
+    """The backend object, or a BackendStatus saying why it is missing."""
+    _import_backend(name)
     return _loaded[name]
 
 
