@@ -37,13 +37,12 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here; the message says why."""
 
 
-@torch.compiler.assume_constant_result
 def _import_backend(name: str) -> bool:
     """Import and instantiate a kernel backend once.
 
-    Marked constant so that Dynamo runs it eagerly: a training step compiled
-    with ``fullgraph=True`` may call the loss for the first time, and Dynamo
-    refuses to trace an import.
+    Marked constant (below) so that Dynamo runs it eagerly: a training step
+    compiled with ``fullgraph=True`` may call the loss for the first time,
+    and Dynamo refuses to trace an import.
     """
     if name not in _loaded:
         module_name, class_name = _KERNEL_BACKENDS[name]
@@ -58,6 +57,12 @@ def _import_backend(name: str) -> bool:
         else:
             _loaded[name] = getattr(module, class_name)()
     return True
+
+
+# What torch.compiler.assume_constant_result does, without importing Dynamo
+# (and with it triton) when the package is imported; a test compiles a first
+# call with fullgraph=True in a fresh process to keep this honest.
+_import_backend._dynamo_marked_constant = True
 
 
 def _load(name: str) -> Union[RowStatsBackend, BackendStatus]:
