@@ -100,9 +100,14 @@ def test_pairwise_backend_equals_reference(backend, case, margin, temperature, l
     ref = ck.pairwise_cringe_loss(chosen, target.flip(1), logits, target, uniform=uniform, backend="reference",
                                   return_details=True, **kw)
     assert torch.equal(out.sample_index, ref.sample_index)
+    # The margin is a difference of sums of log-probabilities (equal sums here,
+    # since chosen mirrors rejected), so its error scales with the sums, not
+    # with the margin; the gate and losses inherit it.
+    scale = torch.cat([ref.logp_chosen, ref.logp_rejected]).abs().nan_to_num(0).max().item()
+    tol = TOLERANCES[torch.float32]
     for a, b in zip(out, ref):
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, equal_nan=True, **TOLERANCES[torch.float32])
+            torch.testing.assert_close(a, b, equal_nan=True, rtol=tol["rtol"], atol=tol["atol"] + tol["rtol"] * scale)
 
 
 @given(case=binary_cases())
