@@ -130,13 +130,12 @@ def _num_items_value(num_items_in_batch, fallback: torch.Tensor) -> torch.Tensor
 def _token_logps(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int, backend: str) -> torch.Tensor:
     """Per-row ``log p(target)``, 0 on ignored rows; for metrics, not gradients.
 
-    Uses the package's own kernels (cross-entropy rows of an all-positive
+    Uses the package's own kernels (the ``logp`` detail of an all-positive
     Cringe loss) so that no ``[N, V]`` log-softmax is materialised.
     """
     ones = torch.ones((), dtype=torch.bool, device=logits.device)
-    ce = cringe_loss(logits.detach(), target, ones, k=1, ignore_index=ignore_index, reduction="none",
-                     backend=backend)
-    return -ce
+    return cringe_loss(logits.detach(), target, ones, k=1, ignore_index=ignore_index, backend=backend,
+                       return_details=True).logp
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +281,7 @@ class CringeLossFunc:
             "positive_fraction": n_pos / valid.sum().clamp(min=1),
         }
         if self.compute_logps:
-            logp = _token_logps(logits, target, ignore_index=self.ignore_index, backend=self.backend)
+            logp = out.logp.detach()
             # torch.where, not boolean indexing: no host sync in the step.
             metrics["logps/positive"] = torch.where(positive, logp, 0.0).sum() / n_pos.clamp(min=1)
             metrics["logps/negative"] = torch.where(negative, logp, 0.0).sum() / n_neg.clamp(min=1)

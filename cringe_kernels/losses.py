@@ -35,12 +35,17 @@ class CringeOutput(NamedTuple):
         int64, the target's shape: the sampled column per row, -1 where the
         row was not sampled (ignored rows, and positives unless
         ``ct_on_positives``).
+    logp : Tensor
+        The target's shape: ``log p(target)`` per row (``t - lse``), 0 on
+        ignored rows, unreduced and differentiable; free, since the loss
+        computes it anyway (trainers log it without a second pass).
     """
 
     loss: torch.Tensor
     ce_loss: torch.Tensor
     cringe_loss: torch.Tensor
     sample_index: torch.Tensor
+    logp: torch.Tensor
 
 
 class PairwiseCringeOutput(NamedTuple):
@@ -218,7 +223,8 @@ def cringe_loss(
     if not return_details:
         return loss
     sample_index = torch.where(sampled, stats.sample_index, -1).reshape(target.shape)
-    return CringeOutput(loss, ce, cr, sample_index)
+    logp = torch.where(valid, t - lse, 0.0).reshape(target.shape)
+    return CringeOutput(loss, ce, cr, sample_index, logp)
 
 
 def pairwise_cringe_loss(

@@ -32,7 +32,7 @@ def test_signatures_are_the_documented_ones():
 
 
 def test_details_fields():
-    assert ck.CringeOutput._fields == ("loss", "ce_loss", "cringe_loss", "sample_index")
+    assert ck.CringeOutput._fields == ("loss", "ce_loss", "cringe_loss", "sample_index", "logp")
     assert ck.PairwiseCringeOutput._fields[4:] == ("gate", "margin", "logp_chosen", "logp_rejected")
 
 
@@ -54,6 +54,13 @@ def test_reductions_are_consistent():
     torch.testing.assert_close(ck.cringe_loss(logits, target, feedback, uniform=u, num_items_in_batch=7), total / 7)
     torch.testing.assert_close(
         ck.cringe_loss(logits, target, feedback, uniform=u, num_items_in_batch=torch.tensor(7)), total / 7)
+
+
+def test_logp_detail_is_the_target_log_probability():
+    logits, target, feedback, u = random_case(2, 5, 13, seed=7)
+    out = ck.cringe_loss(logits, target, feedback, uniform=u, return_details=True)
+    expected = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
+    torch.testing.assert_close(out.logp, torch.where(target != -100, expected, 0.0))
 
 
 def test_generator_makes_draws_reproducible():
