@@ -1,16 +1,32 @@
-"""Argument checks and packing shared by the compiled backends (``cpu``, ``cuda``).
+"""What the compiled backends (``cpu``, ``cuda``) share: argument checks, packing,
+their ``torch.library`` custom ops and the backend class that calls them.
 
 The compiled modules take raw pointers, so everything that would otherwise
 be an out-of-bounds access or a wrong reinterpretation of memory is checked
 here, before a pointer leaves Python: dtypes, shapes, unit last stride,
 contiguity of the ``[N]`` vectors, one device for all tensors.
+
+:func:`define_row_stats_ops` registers, for a device type ``D``,
+
+``cringe_kernels::D_row_stats(logits, target, uniform, k, ignore_index)``
+    -> ``(lse, target_logit, sample_logit, sample_index)``
+``cringe_kernels::D_row_stats_backward(logits, target, sample_index, lse,
+grad_lse, grad_target, grad_sample, ignore_index)`` -> ``grad [B, T, V]``
+``cringe_kernels::D_row_stats_backward_(...)``
+    the same, written over ``logits`` (mutates it, returns nothing),
+
+each with a fake implementation, so that ``torch.compile`` traces through
+them; a backend supplies only the two calls into its compiled module.
 """
 
-from typing import Optional
+import contextlib
+from typing import Callable, ContextManager, NamedTuple, Optional, Tuple
 
 import torch
 
-from .base import stats_dtype
+from .base import RowStats, RowStatsBackend, stats_dtype
+
+Tensor = torch.Tensor
 
 # Must match cringe::DType in csrc/include/cringe/macros.h.
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -84,3 +100,135 @@ def fake_stats(logits: torch.Tensor, target: torch.Tensor):
     n = target.shape[0]
     return (logits.new_empty(n, dtype=dt), logits.new_empty(n, dtype=dt), logits.new_empty(n, dtype=dt),
             logits.new_empty(n, dtype=torch.int64))
+
+
+def _no_guard(device: torch.device) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+class RowStatsOps(NamedTuple):
+    """The three ops of one device type, as ``torch.ops`` overload packets."""
+
+    forward: object
+    backward: object
+    backward_: object
+
+
+def define_row_stats_ops(
+    device_type: str,
+    launch_forward: Callable[..., None],
+    launch_backward: Callable[..., None],
+    device_guard: Callable[[torch.device], ContextManager] = _no_guard,
+) -> RowStatsOps:
+    """Register ``cringe_kernels::<device_type>_row_stats[_backward[_]]`` and their fakes.
+
+    The ops check every argument, allocate the outputs and skip the launch
+    when there are no rows; the launches only see checked calls with
+    ``B * T > 0``.
+
+    Parameters
+    ----------
+    device_type : str
+        ``"cpu"`` or ``"cuda"``: the prefix of the op names, the ops'
+        ``device_types`` and the device type the checks require.
+    launch_forward : callable
+        ``launch_forward(logits, target, uniform, k, ignore_index, out)``
+        fills ``out = (lse, target_logit, sample_logit, sample_index)``.
+    launch_backward : callable
+        ``launch_backward(grad, logits, target, sample_index, lse, grad_lse,
+        grad_target, grad_sample, ignore_index)`` writes the gradient into
+        ``grad`` (which may be ``logits`` itself).
+    device_guard : callable, optional
+        ``device_guard(logits.device)``: the context manager that allocation
+        and launch run under (e.g. ``torch.cuda.device``); none by default.
+
+    Returns
+    -------
+    RowStatsOps
+    """
+    prefix = f"cringe_kernels::{device_type}_row_stats"
+
+    @torch.library.custom_op(prefix, mutates_args=(), device_types=device_type)
+    def row_stats(
+        logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Forward primitive; see :mod:`cringe_kernels.backends.base`."""
+        check_forward(logits, target, uniform, k, device_type)
+        B, T, _ = logits.shape
+        with device_guard(logits.device):
+            out = new_stats(logits, B * T)
+            if B * T:
+                launch_forward(logits, target, uniform, k, ignore_index, out)
+        return out
+
+    @row_stats.register_fake
+    def _(logits, target, uniform, k, ignore_index):
+        return fake_stats(logits, target)
+
+    def backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+        check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
+        B, T, _ = logits.shape
+        if B * T == 0:
+            return
+        with device_guard(logits.device):
+            launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
+                            ignore_index)
+
+    @torch.library.custom_op(f"{prefix}_backward", mutates_args=(), device_types=device_type)
+    def row_stats_backward(
+        logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, grad_lse: Tensor, grad_target: Tensor,
+        grad_sample: Tensor, ignore_index: int,
+    ) -> Tensor:
+        """Gradient of the logits as a new contiguous ``[B, T, V]`` tensor of the logits' dtype."""
+        check_logits(logits, device_type)
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
+        return grad
+
+    @row_stats_backward.register_fake
+    def _(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+        return logits.new_empty(logits.shape)
+
+    @torch.library.custom_op(f"{prefix}_backward_", mutates_args=("logits",), device_types=device_type)
+    def row_stats_backward_(
+        logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, grad_lse: Tensor, grad_target: Tensor,
+        grad_sample: Tensor, ignore_index: int,
+    ) -> None:
+        """In-place form: the gradient is written over ``logits``."""
+        backward_into(logits, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
+
+    @row_stats_backward_.register_fake
+    def _(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+        return None
+
+    namespace = torch.ops.cringe_kernels
+    return RowStatsOps(*(getattr(namespace, f"{device_type}_row_stats{suffix}")
+                         for suffix in ("", "_backward", "_backward_")))
+
+
+class NativeRowStats(RowStatsBackend):
+    """Base class of the compiled backends: calls the ops of :func:`define_row_stats_ops`.
+
+    Subclasses set ``name``, ``ops`` (what :func:`define_row_stats_ops`
+    returned) and implement :meth:`status`.
+    """
+
+    ops: RowStatsOps
+
+    def supports(self, logits: torch.Tensor) -> tuple:
+        ok, reason = super().supports(logits)
+        if ok and logits.dtype not in DTYPE_CODES:
+            return False, f"backend '{self.name}' does not support {logits.dtype}"
+        return ok, reason
+
+    @torch.no_grad()
+    def forward(self, logits, target, uniform, k, ignore_index) -> RowStats:
+        return RowStats(*self.ops.forward(logits, target, uniform, k, ignore_index))
+
+    @torch.no_grad()
+    def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):
+        args = (target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
+        if inplace:
+            self.ops.backward_(logits, *args)
+            return logits
+        return self.ops.backward(logits, *args)
