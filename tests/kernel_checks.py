@@ -1,5 +1,6 @@
-"""Numerical checks of a compiled backend against the reference, shared by
-test_cpu_backend.py and test_cuda_backend.py (same checks, another device).
+"""Numerical checks of a kernel backend against the reference, shared by
+test_cpu_backend.py and test_cuda_backend.py (same checks, another device);
+test_triton_backend.py uses the tolerances, the draw check and the inputs.
 
 Every check goes through the public API: ``cringe_loss`` /
 ``pairwise_cringe_loss`` with ``backend=<kernel>`` versus
@@ -16,9 +17,9 @@ import torch
 import cringe_kernels as ck
 from cringe_kernels import reference
 
-# Loss tolerances (statistics are float32 at least, computed from the same
-# rounded inputs; only summation order and exp() differ).
-LOSS_TOL = {
+# Statistics and loss tolerances (statistics are float32 at least, computed
+# from the same rounded inputs; only summation order and exp() differ).
+STAT_TOL = {
     torch.float64: dict(rtol=1e-10, atol=1e-12),
     torch.float32: dict(rtol=2e-5, atol=2e-6),
     torch.bfloat16: dict(rtol=2e-5, atol=2e-6),
@@ -53,8 +54,10 @@ def assert_same_samples(logits, target, uniform, k, got, want, ignore_index=-100
     got, want = got.reshape(-1).cpu(), want.reshape(-1).cpu()
     y, u = target.reshape(-1).cpu(), uniform.reshape(-1).cpu()
     for i in (got != want).nonzero().flatten().tolist():
-        assert y[i] != ignore_index and near_boundary(rows[i].cpu(), int(y[i]), k, float(u[i])), (
-            f"row {i}: sampled {int(got[i])}, reference {int(want[i])} (u={float(u[i])!r})")
+        assert y[i] != ignore_index and want[i] >= 0 and got[i] >= 0, (
+            f"row {i}: sampled {int(got[i])}, reference {int(want[i])} (target {int(y[i])})")
+        assert near_boundary(rows[i].cpu(), int(y[i]), k, float(u[i])), (
+            f"row {i}: sampled {int(got[i])}, reference {int(want[i])}, u={float(u[i])!r} is not on a CDF boundary")
 
 
 def run_binary(logits, target, feedback, backend, *, k, uniform, inplace=False, **kw):
@@ -76,7 +79,7 @@ def compare_binary(logits, target, feedback, backend, *, k=5, uniform=None, chec
     want, g_want = run_binary(logits, target, feedback, "reference", k=k, uniform=uniform, **kw)
     assert_same_samples(logits, target, uniform, k, got.sample_index, want.sample_index)
     same = (got.sample_index == want.sample_index).reshape(-1)
-    tol = LOSS_TOL[logits.dtype]
+    tol = STAT_TOL[logits.dtype]
     loss_rows = torch.nonzero(same).flatten()
     for a, b in ((got.loss, want.loss), (got.ce_loss, want.ce_loss), (got.cringe_loss, want.cringe_loss)):
         torch.testing.assert_close(a.reshape(-1)[loss_rows], b.reshape(-1)[loss_rows], equal_nan=True, **tol)
@@ -102,7 +105,7 @@ def compare_pairwise(chosen, chosen_t, rejected, rejected_t, backend, *, k=5, **
     (got, gc, gr), (want, wc, wr) = res[backend], res["reference"]
     assert_same_samples(rejected, rejected_t, u, k, got.sample_index, want.sample_index)
     if bool((got.sample_index == want.sample_index).all()):
-        tol = LOSS_TOL[chosen.dtype]
+        tol = STAT_TOL[chosen.dtype]
         for name in ("loss", "ce_loss", "cringe_loss", "gate", "margin", "logp_chosen", "logp_rejected"):
             torch.testing.assert_close(getattr(got, name), getattr(want, name), **tol)
         torch.testing.assert_close(gc, wc, **GRAD_TOL[chosen.dtype])

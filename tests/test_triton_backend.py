@@ -22,6 +22,7 @@ import torch
 import cringe_kernels as ck
 from cringe_kernels import reference
 from cringe_kernels.backends.base import stats_dtype
+from kernel_checks import GRAD_TOL, STAT_TOL, assert_same_samples, random_logits, random_target
 
 triton = pytest.importorskip("triton")
 
@@ -31,23 +32,6 @@ from cringe_kernels.backends.triton_backend import TritonRowStats  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 IGNORE = -100
-# Statistics and losses are float32 at least, computed from the same rounded
-# inputs: only summation order and exp() differ, whatever the logits' dtype.
-STAT_TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=2e-5, atol=2e-6),
-    torch.float16: dict(rtol=2e-5, atol=2e-6),
-    torch.bfloat16: dict(rtol=2e-5, atol=2e-6),
-}
-# Gradients are rounded once to the logits' dtype on both sides, so a
-# low-precision entry may differ by one unit in the last place.
-GRAD_TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=2e-5, atol=1e-7),
-    torch.float16: dict(rtol=2e-3, atol=1e-6),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-6),
-}
-
 pytestmark = [
     pytest.mark.skipif(
         DEVICE not in triton_backend.TritonRowStats().status().devices,
@@ -64,43 +48,16 @@ pytestmark = [
 
 def make_logits(B, T, V, dtype=torch.float32, strided=False, seed=0, scale=2.0):
     """``[B, T, V]`` logits; ``strided`` gives HF's ``logits[:, :-1]`` view."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T + int(strided), V, generator=g, dtype=torch.float64) * scale
-    x = x.to(dtype).to(DEVICE)
+    x = random_logits((B, T + int(strided), V), dtype, DEVICE, seed=seed, scale=scale)
     return x[:, :-1] if strided else x
 
 
 def make_target(B, T, V, seed=0, ignore_frac=0.25):
-    g = torch.Generator().manual_seed(seed + 1)
-    target = torch.randint(0, V, (B, T), generator=g)
-    target[torch.rand(B, T, generator=g) < ignore_frac] = IGNORE
-    return target.to(DEVICE)
+    return random_target((B, T), V, DEVICE, seed=seed, ignore_frac=ignore_frac)
 
 
 def make_uniform(shape, seed=0):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed + 2)).to(DEVICE)
-
-
-def near_boundary(x_row, y, u, k, eps=1e-5):
-    """Whether ``u`` is within ``eps`` of a CDF boundary of the row's draw."""
-    x_row = x_row.double()[None]
-    cols = reference.top_candidates(x_row, torch.tensor([y], device=x_row.device), min(k, x_row.shape[1] - 1))
-    v = x_row.gather(1, cols)
-    w = torch.where(v == float("-inf"), 0.0, torch.exp(v - v[:, :1]))
-    cdf = (w / w.sum()).cumsum(1)
-    return bool(((cdf - float(u)).abs() < eps).any())
-
-
-def assert_same_samples(x, target, uniform, k, got, want):
-    """Equal sampled columns, except where ``u`` sits on a CDF boundary."""
-    got, want = got.reshape(-1).cpu(), want.reshape(-1).cpu()
-    rows = x.reshape(-1, x.shape[-1]).cpu()
-    target, uniform = target.reshape(-1).cpu(), uniform.reshape(-1).cpu()
-    for i in (got != want).nonzero().flatten().tolist():
-        assert want[i] >= 0 and got[i] >= 0, f"row {i}: sampled {got[i]} vs reference {want[i]}"
-        assert near_boundary(rows[i], target[i], uniform[i], k), (
-            f"row {i}: sampled column {got[i]}, reference {want[i]}, u={uniform[i]:.8f} is not on a CDF boundary"
-        )
 
 
 def compare_row_stats(x, target, uniform, k, block_v=None):
