@@ -12,6 +12,8 @@ legitimately go either way); anything else is a bug.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 import cringe_kernels as ck
@@ -110,6 +112,37 @@ def compare_pairwise(chosen, chosen_t, rejected, rejected_t, backend, *, k=5, **
             torch.testing.assert_close(getattr(got, name), getattr(want, name), **tol)
         torch.testing.assert_close(gc, wc, **GRAD_TOL[chosen.dtype])
         torch.testing.assert_close(gr, wr, **GRAD_TOL[chosen.dtype])
+
+
+def compare_ties(backend, device, ks):
+    """Logits in {0, 1, 2} (ties everywhere), so the draw must follow the column order, for each ``k``."""
+    V = 64
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (5, 8, V), generator=g).float().to(device)
+    y = random_target((5, 8), V, device)
+    for k in ks:
+        compare_binary(x, y, half_negative((5, 8), device), backend, k=k, ct_on_positives=True)
+
+
+def check_nan_rows(backend, device):
+    """One NaN logit in row ``[0, 2]`` and an all-NaN row ``[1, 0]``: those losses are
+    NaN and every draw is still a valid non-target column.
+
+    Returns
+    -------
+    (details, grad of logits) of :func:`run_binary`, for further checks.
+    """
+    V = 30
+    x = random_logits((2, 4, V), torch.float32, device)
+    x[0, 2, 7] = float("nan")
+    x[1, 0, :] = float("nan")
+    y = random_target((2, 4), V, device, ignore_frac=0.0)
+    got, grad = run_binary(x, y, half_negative((2, 4), device), backend, k=5, ct_on_positives=True,
+                           uniform=torch.rand(2, 4, device=device))
+    assert math.isnan(got.loss[0, 2].item()) and math.isnan(got.loss[1, 0].item())
+    s = got.sample_index
+    assert bool(((s >= 0) & (s < V) & (s != y)).all())
+    return got, grad
 
 
 def random_logits(shape, dtype, device, seed=0, scale=3.0):

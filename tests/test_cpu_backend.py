@@ -7,8 +7,6 @@ masks, ties, NaN, in-place backward, out-of-range targets with value checks
 off, and the torch.library registration.
 """
 
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -16,8 +14,8 @@ from hypothesis import strategies as st
 
 import cringe_kernels as ck
 from cringe_kernels import backends
-from kernel_checks import (compare_binary, compare_pairwise, half_negative, random_logits, random_target,
-                           run_binary)
+from kernel_checks import (check_nan_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
+                           random_logits, random_target, run_binary)
 
 pytestmark = pytest.mark.skipif(not backends.status("cpu").installed, reason=backends.status("cpu").reason)
 
@@ -125,30 +123,15 @@ def test_neg_inf_gradients_match():
 
 
 def test_ties_follow_column_order():
-    V = 64
-    g = torch.Generator().manual_seed(4)
-    x = torch.randint(0, 3, (5, 8, V), generator=g).float()
-    y = random_target((5, 8), V, DEV)
-    for k in (1, 3, 17):
-        compare_binary(x, y, half_negative((5, 8), DEV), "cpu", k=k, ct_on_positives=True)
+    compare_ties("cpu", DEV, (1, 3, 17))
 
 
 def test_nan_propagates_without_bad_index():
-    V = 30
-    x = random_logits((2, 4, V), torch.float32, DEV)
-    x[0, 2, 7] = float("nan")
-    x[1, 0, :] = float("nan")
-    y = random_target((2, 4), V, DEV, ignore_frac=0.0)
-    got, grad = run_binary(x, y, half_negative((2, 4), DEV), "cpu", k=5, ct_on_positives=True,
-                           uniform=torch.rand(2, 4))
-    loss = got.loss
-    assert math.isnan(loss[0, 2].item()) and math.isnan(loss[1, 0].item())
+    got, grad = check_nan_rows("cpu", DEV)
     finite = torch.ones(2, 4, dtype=torch.bool)
     finite[0, 2] = finite[1, 0] = False
-    assert bool(torch.isfinite(loss[finite]).all())
+    assert bool(torch.isfinite(got.loss[finite]).all())
     assert bool(torch.isfinite(grad[finite]).all())
-    s = got.sample_index
-    assert bool(((s >= 0) & (s < V) & (s != y)).all())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,15 +7,13 @@ those rows only. Every test is marked ``gpu`` and skips cleanly without one;
 nothing here touches the GPU at import or collection time.
 """
 
-import math
-
 import pytest
 import torch
 
 import cringe_kernels as ck
 from cringe_kernels import backends, reference
-from kernel_checks import (compare_binary, compare_pairwise, half_negative, random_logits, random_target,
-                           run_binary)
+from kernel_checks import (check_nan_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
+                           random_logits, random_target, run_binary)
 
 pytestmark = pytest.mark.gpu
 
@@ -94,24 +92,11 @@ def test_neg_inf_masks_and_ties():
     y = random_target((4, 6), V, DEV, ignore_frac=0.0)
     y[0, 0] = 1
     compare_binary(x, y, half_negative((4, 6), DEV), "cuda", k=8, ct_on_positives=True, check_grad=False)
-    g = torch.Generator().manual_seed(4)
-    xt = torch.randint(0, 3, (5, 8, 64), generator=g).float().to(DEV)
-    yt = random_target((5, 8), 64, DEV)
-    for k in (1, 3, 17, 64):
-        compare_binary(xt, yt, half_negative((5, 8), DEV), "cuda", k=k, ct_on_positives=True)
+    compare_ties("cuda", DEV, (1, 3, 17, 64))
 
 
 def test_nan_propagates_without_bad_index():
-    V = 30
-    x = random_logits((2, 4, V), torch.float32, DEV)
-    x[0, 2, 7] = float("nan")
-    x[1, 0, :] = float("nan")
-    y = random_target((2, 4), V, DEV, ignore_frac=0.0)
-    got, _ = run_binary(x, y, half_negative((2, 4), DEV), "cuda", k=5, ct_on_positives=True,
-                        uniform=torch.rand(2, 4, device=DEV))
-    assert math.isnan(got.loss[0, 2].item()) and math.isnan(got.loss[1, 0].item())
-    s = got.sample_index
-    assert bool(((s >= 0) & (s < V) & (s != y)).all())
+    check_nan_rows("cuda", DEV)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
