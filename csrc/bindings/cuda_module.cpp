@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/params_from_ints.h"
 #include "cuda/launch.h"
 
 #ifndef CRINGE_CUDA_ARCHS
@@ -22,10 +23,8 @@ namespace py = pybind11;
 
 namespace {
 
-template <class T>
-T* ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);
-}
+using cringe::bindings::backward_params;
+using cringe::bindings::forward_params;
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -48,22 +47,9 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
          std::uintptr_t stream) {
-        cringe::ForwardParams p{};
-        p.dtype = static_cast<cringe::DType>(dtype);
-        p.logits = ptr<const void>(logits);
-        p.B = B;
-        p.T = T;
-        p.V = V;
-        p.stride_b = stride_b;
-        p.stride_t = stride_t;
-        p.target = ptr<const int64_t>(target);
-        p.uniform = ptr<const float>(uniform);
-        p.k = k;
-        p.ignore_index = ignore_index;
-        p.lse = ptr<void>(lse);
-        p.target_logit = ptr<void>(target_logit);
-        p.sample_logit = ptr<void>(sample_logit);
-        p.sample_index = ptr<int64_t>(sample_index);
+        const cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
+                                                       ignore_index, lse, target_logit, sample_logit,
+                                                       sample_index);
         check(cudaSetDevice(device), "cudaSetDevice");
         check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream)), "forward launch");
       },
@@ -76,24 +62,9 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t target, std::uintptr_t sample_index, std::uintptr_t lse, std::uintptr_t grad_lse,
          std::uintptr_t grad_target, std::uintptr_t grad_sample, int64_t ignore_index, std::uintptr_t grad,
          int64_t grad_stride_b, int64_t grad_stride_t, int device, std::uintptr_t stream) {
-        cringe::BackwardParams p{};
-        p.dtype = static_cast<cringe::DType>(dtype);
-        p.logits = ptr<const void>(logits);
-        p.B = B;
-        p.T = T;
-        p.V = V;
-        p.stride_b = stride_b;
-        p.stride_t = stride_t;
-        p.target = ptr<const int64_t>(target);
-        p.sample_index = ptr<const int64_t>(sample_index);
-        p.lse = ptr<const void>(lse);
-        p.grad_lse = ptr<const void>(grad_lse);
-        p.grad_target = ptr<const void>(grad_target);
-        p.grad_sample = ptr<const void>(grad_sample);
-        p.ignore_index = ignore_index;
-        p.grad = ptr<void>(grad);
-        p.grad_stride_b = grad_stride_b;
-        p.grad_stride_t = grad_stride_t;
+        const cringe::BackwardParams p =
+            backward_params(dtype, logits, B, T, V, stride_b, stride_t, target, sample_index, lse, grad_lse,
+                            grad_target, grad_sample, ignore_index, grad, grad_stride_b, grad_stride_t);
         check(cudaSetDevice(device), "cudaSetDevice");
         check(cringe::cuda::launch_backward(p, reinterpret_cast<cudaStream_t>(stream)), "backward launch");
       },
