@@ -15,12 +15,10 @@ T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-inline ForwardParams forward_params(int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V,
-                                    int64_t stride_b, int64_t stride_t, std::uintptr_t target,
-                                    std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
-                                    std::uintptr_t target_logit, std::uintptr_t sample_logit,
-                                    std::uintptr_t sample_index) {
-  ForwardParams p{};
+// The fields both structs share: the logits' layout and the targets.
+template <class Params>
+void set_rows(Params& p, int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b,
+              int64_t stride_t, std::uintptr_t target) {
   p.dtype = static_cast<DType>(dtype);
   p.logits = ptr<const void>(logits);
   p.B = B;
@@ -29,6 +27,15 @@ inline ForwardParams forward_params(int dtype, std::uintptr_t logits, int64_t B,
   p.stride_b = stride_b;
   p.stride_t = stride_t;
   p.target = ptr<const int64_t>(target);
+}
+
+inline ForwardParams forward_params(int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V,
+                                    int64_t stride_b, int64_t stride_t, std::uintptr_t target,
+                                    std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
+                                    std::uintptr_t target_logit, std::uintptr_t sample_logit,
+                                    std::uintptr_t sample_index) {
+  ForwardParams p{};
+  set_rows(p, dtype, logits, B, T, V, stride_b, stride_t, target);
   p.uniform = ptr<const float>(uniform);
   p.k = k;
   p.ignore_index = ignore_index;
@@ -45,14 +52,7 @@ inline BackwardParams backward_params(int dtype, std::uintptr_t logits, int64_t 
                                       std::uintptr_t grad_target, std::uintptr_t grad_sample, int64_t ignore_index,
                                       std::uintptr_t grad, int64_t grad_stride_b, int64_t grad_stride_t) {
   BackwardParams p{};
-  p.dtype = static_cast<DType>(dtype);
-  p.logits = ptr<const void>(logits);
-  p.B = B;
-  p.T = T;
-  p.V = V;
-  p.stride_b = stride_b;
-  p.stride_t = stride_t;
-  p.target = ptr<const int64_t>(target);
+  set_rows(p, dtype, logits, B, T, V, stride_b, stride_t, target);
   p.sample_index = ptr<const int64_t>(sample_index);
   p.lse = ptr<const void>(lse);
   p.grad_lse = ptr<const void>(grad_lse);
