@@ -167,13 +167,18 @@ class CudaTimer(Timer):
         self.device = torch.device(device or "cuda")
         self._flush = torch.empty(self.FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
 
-    def _time_once(self, fn):
+    def _record(self, fn):
+        """Flush L2, then enqueue ``fn`` between two timing events; no wait."""
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         self._flush.zero_()
         start.record()
         fn()
         end.record()
+        return start, end
+
+    def _time_once(self, fn):
+        start, end = self._record(fn)
         end.synchronize()
         return start.elapsed_time(end)
 
@@ -184,13 +189,7 @@ class CudaTimer(Timer):
         events = []
         for _ in range(reps):
             setup()
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            self._flush.zero_()
-            start.record()
-            fn()
-            end.record()
-            events.append((start, end))
+            events.append(self._record(fn))
         torch.cuda.synchronize(self.device)
         return Timing.from_samples([s.elapsed_time(e) for s, e in events], warm[0])
 
