@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU session, one script: environment, build, backend table, tests,
-# memcheck, benchmark sweep; everything lands in OUT_DIR.
+# One GPU session, one script: environment, build, backend table, kernel
+# launch-parameter sweep, benchmark, tests, sanitizers; everything lands in
+# OUT_DIR.
 #
 #   benchmarks/gpu_check.sh OUT_DIR
 #
@@ -8,20 +9,28 @@
 # installed, and no internet: it installs nothing from an index (the build
 # uses --no-build-isolation --no-deps). Each step is time-boxed with
 # `timeout`; a failing or timed-out step is reported and the script goes on;
-# the exit status is non-zero when any step failed. The whole run is sized to
-# about 5 minutes (GPU_CHECK_TOTAL_S, default 300): the benchmark gets what the
-# earlier steps left, at most GPU_CHECK_BENCH_S (default 150) seconds of
-# measuring, and starts no measurement after that (see --time-budget).
+# the exit status is non-zero when any step failed. Measurements come before
+# the tests so that a hung or crashing test cannot cost the numbers; a kernel
+# that faults in the benchmark shows as an ERR cell and again in the tests.
+# The whole run is sized to about 6 minutes on an H100 (build ~20 s, tune
+# ~40 s, benchmark GPU_CHECK_BENCH_S of measuring + compile, tests ~2 min,
+# sanitizers ~1 min).
 #
 # OUT_DIR receives: gpu_check.log (everything printed), env.txt, build.log,
-# info.txt, pytest.log + pytest.xml, sanitizer.log, bench/ (results.csv,
-# results.json, summary.txt, plot_*.png) and steps.txt (one line per step).
-# To publish a run: copy bench/* and gpu_check.log into
+# info.txt, tune.csv, bench/ (results.csv, results.json, summary.txt,
+# plot_*.png), pytest.log + pytest.xml, sanitizer.log and steps.txt (one line
+# per step). To publish a run: copy bench/*, tune.csv and gpu_check.log into
 # benchmarks/results/cuda-<gpu>/ and commit them.
 #
 # Per-step limits in seconds can be overridden: GPU_CHECK_BUILD_S,
-# GPU_CHECK_TEST_S, GPU_CHECK_SANITIZER_S. Extra benchmark arguments:
-# GPU_CHECK_BENCH_ARGS (for example "--quick" or "--providers kernels,ce").
+# GPU_CHECK_TUNE_S, GPU_CHECK_BENCH_S (measuring budget), GPU_CHECK_TEST_S,
+# GPU_CHECK_SANITIZER_S. GPU_CHECK_TESTS narrows the test paths (default
+# "tests"); GPU_CHECK_SANITIZER_QUICK=1 runs memcheck on the small cases only
+# (no N*V > 2^31 case, no racecheck). The tune's fastest Triton forward configuration is
+# exported as CRINGE_KERNELS_TRITON_FWD for the later steps unless already
+# set. Extra benchmark arguments: GPU_CHECK_BENCH_ARGS (for
+# example "--quick" or "--N 16384 --V 128256 --dtypes bf16"); GPU_CHECK_SKIP
+# names steps to leave out (e.g. "tune sanitizer").
 
 set -u -o pipefail
 
@@ -34,11 +43,12 @@ OUT="$(cd "$1" && pwd)"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 
-TOTAL_S="${GPU_CHECK_TOTAL_S:-300}"
-BUILD_S="${GPU_CHECK_BUILD_S:-100}"
-TEST_S="${GPU_CHECK_TEST_S:-75}"
-SANITIZER_S="${GPU_CHECK_SANITIZER_S:-45}"
-BENCH_MAX_S="${GPU_CHECK_BENCH_S:-150}"
+BUILD_S="${GPU_CHECK_BUILD_S:-120}"
+TUNE_S="${GPU_CHECK_TUNE_S:-75}"
+BENCH_BUDGET_S="${GPU_CHECK_BENCH_S:-120}"
+TEST_S="${GPU_CHECK_TEST_S:-150}"
+SANITIZER_S="${GPU_CHECK_SANITIZER_S:-90}"
+SKIP=" ${GPU_CHECK_SKIP:-} "
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 # nvcc and compute-sanitizer often live only in the toolkit's folder.
 for d in "${CUDA_HOME:-}/bin" /usr/local/cuda/bin; do
@@ -57,6 +67,11 @@ step() {
   local name="$1" limit="$2"
   shift 2
   local start rc
+  case "$SKIP" in *" $name "*)
+    echo "=== step '$name' skipped (GPU_CHECK_SKIP)"
+    echo "$name rc=skipped" >> "$OUT/steps.txt"
+    return 0 ;;
+  esac
   start="$(date +%s)"
   echo
   echo "=== [$(date -u +%H:%M:%S)] step '$name' (limit ${limit}s): $*"
@@ -118,10 +133,20 @@ info() {
   "$PY" -m cringe_kernels.info 2>&1 | tee "$OUT/info.txt"
 }
 
+tune() {
+  "$PY" benchmarks/kernel_tune.py --csv "$OUT/tune.csv" --best-fwd "$OUT/best_triton_fwd.txt"
+}
+
 tests() {
   # --maxfail rather than -x: one GPU session should show more than the first
   # failure, but a broken build should not spend the whole limit failing.
-  "$PY" -m pytest -q -ra --maxfail=10 --junitxml="$OUT/pytest.xml" tests 2>&1 | tee "$OUT/pytest.log"
+  # pytest-xdist, where installed, spreads the suite over the machine's cores
+  # (one GPU context per worker; the largest test needs ~9 GB).
+  local par=()
+  "$PY" -c "import xdist" 2>/dev/null && par=(-n 6)
+  # shellcheck disable=SC2086
+  "$PY" -m pytest -q -ra --maxfail=10 --durations=15 "${par[@]}" --junitxml="$OUT/pytest.xml" ${GPU_CHECK_TESTS:-tests} 2>&1 \
+    | tee "$OUT/pytest.log"
 }
 
 sanitizer() {
@@ -132,7 +157,23 @@ sanitizer() {
     echo "compute-sanitizer not found" | tee "$OUT/sanitizer.log"
     return 1
   fi
-  "$cs" --tool memcheck --error-exitcode 1 "$PY" benchmarks/sanitizer_case.py 2>&1 | tee "$OUT/sanitizer.log"
+  # No caching allocator: each tensor is its own allocation, so an overrun is
+  # caught instead of landing in a pooled block's slack.
+  local rc=0
+  {
+    if [ "${GPU_CHECK_SANITIZER_QUICK:-0}" = 1 ]; then
+      echo "--- memcheck: every edge case (GPU_CHECK_SANITIZER_QUICK=1: no N*V > 2^31 case, no racecheck)"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
+        "$PY" benchmarks/sanitizer_case.py || rc=1
+    else
+      echo "--- memcheck: every edge case, plus N*V > 2^31"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
+        "$PY" benchmarks/sanitizer_case.py --large || rc=1
+      echo "--- racecheck (shared memory of the forward's top-k merge): quick subset"
+      "$cs" --tool racecheck --error-exitcode 1 "$PY" benchmarks/sanitizer_case.py --quick || rc=1
+    fi
+  } 2>&1 | tee "$OUT/sanitizer.log"
+  return $rc
 }
 
 bench() {
@@ -143,28 +184,27 @@ bench() {
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
 export OUT PY
-export -f environment build info tests sanitizer bench
+export -f environment build info tune tests sanitizer bench
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
 step build "$BUILD_S" bash -o pipefail -c build
 step info 60 bash -o pipefail -c info
-step tests "$TEST_S" bash -o pipefail -c tests
-if [ -f benchmarks/sanitizer_case.py ]; then
-  step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
-else
-  echo "=== step 'sanitizer' not run: benchmarks/sanitizer_case.py does not exist"
-  echo "sanitizer rc=skipped" >> "$OUT/steps.txt"
+step tune "$TUNE_S" bash -o pipefail -c tune
+# The benchmark and the tests run the Triton forward with the configuration
+# the tune found fastest (unless one was given), so that the numbers show the
+# configuration to commit as the default.
+if [ -z "${CRINGE_KERNELS_TRITON_FWD:-}" ] && [ -s "$OUT/best_triton_fwd.txt" ]; then
+  CRINGE_KERNELS_TRITON_FWD="$(tr -d '[:space:]' < "$OUT/best_triton_fwd.txt")"
+  export CRINGE_KERNELS_TRITON_FWD
+  echo "=== Triton forward configuration for the rest of the run: CRINGE_KERNELS_TRITON_FWD=$CRINGE_KERNELS_TRITON_FWD"
 fi
-# The sweep gets what is left of the total, at most BENCH_MAX_S of measuring
-# (and at least 45 s); +60 s for start-up, the compile in flight when the
-# budget runs out, and writing the results (SIGTERM still writes them).
-LEFT=$(( TOTAL_S - ($(date +%s) - T0) - 60 ))
-BENCH_BUDGET_S=$BENCH_MAX_S
-[ "$LEFT" -lt "$BENCH_BUDGET_S" ] && BENCH_BUDGET_S=$LEFT
-[ "$BENCH_BUDGET_S" -lt 45 ] && BENCH_BUDGET_S=45
+# The sweep starts no measurement after BENCH_BUDGET_S; +90 s for start-up,
+# the compile in flight when the budget runs out, and writing the results
+# (SIGTERM still writes them).
 export BENCH_BUDGET_S
-step bench $(( BENCH_BUDGET_S + 60 )) bash -o pipefail -c bench
-
+step bench $(( BENCH_BUDGET_S + 90 )) bash -o pipefail -c bench
+step tests "$TEST_S" bash -o pipefail -c tests
+step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
 echo
 echo "=== gpu_check finished in $(( $(date +%s) - T0 ))s; outputs in $OUT"
 cat "$OUT/steps.txt"

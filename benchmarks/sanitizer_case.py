@@ -8,7 +8,14 @@ rows, out-of-range targets with value checks off, -inf and NaN rows, and
 in-place backward. Exits non-zero on any Python-level error; the sanitizer
 reports memory errors itself::
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitizer_case.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitizer_case.py [--quick] [--large]
+
+``--quick`` keeps two dtypes, two V and two k (for the slower racecheck);
+``--large`` adds one bfloat16 case with ``N * V > 2**31`` (16400 x 131072):
+forward and in-place backward, the int64 row offsets at full size. Run it with
+``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` so that every tensor is its own
+allocation and an overrun past one is reported rather than landing in the
+caching allocator's slack.
 """
 
 import sys
@@ -16,6 +23,21 @@ import sys
 import torch
 
 import cringe_kernels as ck
+
+
+def large_case(backend: str, dev: str) -> int:
+    """Forward and in-place backward over ``N * V > 2**31`` bfloat16 logits."""
+    N, V = (16400, 131072) if dev == "cuda" else (8, 1000)
+    x = torch.empty(1, N, V, device=dev, dtype=torch.bfloat16)
+    x.normal_(generator=torch.Generator(device=dev).manual_seed(1))
+    y = torch.randint(0, V, (1, N), device=dev)
+    y[0, -1] = -100
+    loss = ck.cringe_loss(x.requires_grad_(True) * 1, y, torch.tensor([[False]], device=dev), backend=backend,
+                          inplace_backward=True)
+    loss.backward()
+    if not torch.isfinite(x.grad[0, -2]).all():
+        raise RuntimeError("large case: non-finite gradient in the last rows")
+    return 1
 
 
 def main() -> int:
@@ -27,10 +49,14 @@ def main() -> int:
     dev = "cuda" if backend == "cuda" else "cpu"
     g = torch.Generator(device=dev).manual_seed(0)
     fb = torch.tensor([[True], [False], [False]], device=dev)
+    quick = "--quick" in sys.argv
+    dtypes = (torch.float32, torch.bfloat16) if quick else (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    vocabs = (33, 4096) if quick else (2, 3, 7, 33, 1001, 4096)
+    ks = (5, 64) if quick else (1, 5, 64, 100)
     cases = 0
-    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        for V in (2, 3, 7, 33, 1001, 4096):
-            for k in (1, 5, 64, 100):
+    for dtype in dtypes:
+        for V in vocabs:
+            for k in ks:
                 full = torch.randn(3, 5, V, device=dev, dtype=dtype, generator=g)
                 full[1, 1] = float("-inf")
                 full[2, 2, 0] = float("nan")
@@ -52,6 +78,8 @@ def main() -> int:
     empty = torch.randn(0, 4, 10, device=dev, requires_grad=True)
     ck.cringe_loss(empty, torch.zeros(0, 4, dtype=torch.long, device=dev),
                    torch.zeros(0, 1, dtype=torch.bool, device=dev), backend=backend).backward()
+    if "--large" in sys.argv:
+        cases += large_case(backend, dev)
     if dev == "cuda":
         torch.cuda.synchronize()
     print(f"sanitizer_case: {cases} cases ran on {backend}")

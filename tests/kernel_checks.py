@@ -163,3 +163,24 @@ def half_negative(shape, device):
     for s in shape:
         n *= s
     return (torch.arange(n) % 2 == 0).reshape(shape).to(device)
+
+
+def nonfinite_rows(V, dtype=torch.float32, device="cpu"):
+    """Rows of every non-finite shape the log-sum-exp must get right.
+
+    Row 0: two +inf (lse +inf, not inf - inf = NaN); row 1: all -inf but one
+    +inf; row 2: all -inf but two finite, in the last column; row 3: a NaN
+    and a +inf (NaN wins); row 4: ordinary. The targets avoid the special
+    columns.
+    """
+    g = torch.Generator().manual_seed(V)
+    x = torch.randn(1, 5, V, generator=g, dtype=torch.float64).to(dtype)
+    x[0, 0, [3, V - 2]] = float("inf")
+    x[0, 1, :] = float("-inf")
+    x[0, 1, 4] = float("inf")
+    x[0, 2, :] = float("-inf")
+    x[0, 2, [0, V - 1]] = torch.tensor([-300.0, 2.0], dtype=dtype)
+    x[0, 3, 5] = float("nan")
+    x[0, 3, 6] = float("inf")
+    target = torch.tensor([1, 2, 1, 2, 1])
+    return x.to(device), target.to(device), torch.rand(5, generator=g).to(device)

@@ -12,7 +12,7 @@ import torch
 
 import cringe_kernels as ck
 from cringe_kernels import backends, reference
-from kernel_checks import (check_nan_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
+from kernel_checks import (check_nan_rows, nonfinite_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
                            random_logits, random_target, run_binary)
 
 pytestmark = pytest.mark.gpu
@@ -93,6 +93,16 @@ def test_neg_inf_masks_and_ties():
     y[0, 0] = 1
     compare_binary(x, y, half_negative((4, 6), DEV), "cuda", k=8, ct_on_positives=True, check_grad=False)
     compare_ties("cuda", DEV, (1, 3, 17, 64))
+
+
+@pytest.mark.parametrize("V", [9, 100, 5000, 128256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nonfinite_rows_match_reference(V, dtype):
+    x, target, u = nonfinite_rows(V, dtype, DEV)
+    got = backends.resolve("cuda", x).forward(x, target, u, 3, -100)
+    want = reference.row_stats(x, target, u, 3, -100)
+    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
+    assert torch.equal(got.sample_index, want.sample_index)
 
 
 def test_nan_propagates_without_bad_index():

@@ -11,6 +11,7 @@ import cringe_kernels as ck
 from cringe_kernels import autograd, backends, reference
 
 from helpers import cpu_kernel_backends, random_case
+from kernel_checks import nonfinite_rows
 
 KERNELS = cpu_kernel_backends()
 
@@ -117,3 +118,19 @@ def test_inplace_backward_equals_out_of_place(name, dtype):
     torch.testing.assert_close(g_inplace, g)
     # the gradient was written over the logits' memory
     torch.testing.assert_close(holder.detach(), g)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("V", [9, 100, 5000])
+def test_nonfinite_rows_match_reference(name, V):
+    x, target, u = nonfinite_rows(V)
+    backend = backends.resolve(name, x)
+    for block_v in ((None, 8) if name == "triton" else (None,)):
+        if block_v:
+            from cringe_kernels.backends.triton_backend import TritonRowStats
+
+            backend = TritonRowStats(block_v=block_v)
+        got = backend.forward(x, target, u, 3, -100)
+        want = reference.row_stats(x, target, u, 3, -100)
+        torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
+        assert torch.equal(got.sample_index, want.sample_index)

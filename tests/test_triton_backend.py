@@ -22,7 +22,7 @@ import torch
 import cringe_kernels as ck
 from cringe_kernels import reference
 from cringe_kernels.backends.base import stats_dtype
-from kernel_checks import GRAD_TOL, STAT_TOL, assert_same_samples, random_logits, random_target
+from kernel_checks import GRAD_TOL, STAT_TOL, assert_same_samples, nonfinite_rows, random_logits, random_target
 
 triton = pytest.importorskip("triton")
 
@@ -281,6 +281,17 @@ def test_neg_inf_masks():
     assert got.lse[2] == float("-inf")
     finite_rows = [0, 3, 4]
     assert torch.isfinite(got.sample_logit[finite_rows]).all()
+
+
+@pytest.mark.parametrize("V,block_v", [(9, None), (100, 8), (5000, None)] + ([(128256, None)] if HAS_CUDA else []))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nonfinite_rows(V, block_v, dtype):
+    """Several +inf (lse +inf), all -inf but one, NaN with +inf: as the reference."""
+    x, target, u = nonfinite_rows(V, dtype, DEVICE)
+    got = TritonRowStats(block_v=block_v).forward(x, target, u, 3, IGNORE)
+    want = reference.row_stats(x, target, u, 3, IGNORE)
+    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
+    assert torch.equal(got.sample_index, want.sample_index)
 
 
 def test_nan_rows():

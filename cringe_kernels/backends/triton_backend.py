@@ -49,17 +49,23 @@ MAX_KERNEL_K = 256
 _BWD_BLOCK = 4096
 
 
-def _fwd_block(V: int, k: int) -> int:
-    """Forward block width (columns per step).
+def _fwd_config(V: int, k: int) -> Tuple[int, int]:
+    """Forward ``(BLOCK, num_warps)``: columns per step and warps per row.
 
-    Wide blocks amortise the per-block reductions; but each insertion into
-    the top-k list scans a whole block, and a row costs about
+    Wide blocks amortise the one block reduction per step; but each insertion
+    into the top-k list scans a whole block, and a row costs about
     ``k * (1 + ln(V / BLOCK))`` insertions, so larger k prefers narrower
-    blocks. A first guess, to be tuned on a GPU (``TritonRowStats(block_v=)``
-    overrides it).
+    blocks. ``CRINGE_KERNELS_TRITON_FWD="BLOCK,WARPS"`` overrides the choice
+    (for tuning: ``benchmarks/kernel_tune.py`` times the candidates), and
+    ``TritonRowStats(block_v=)`` overrides the block alone.
     """
+    override = os.environ.get("CRINGE_KERNELS_TRITON_FWD")
+    if override:
+        block, warps = (int(v) for v in override.split(","))
+        return min(block, triton.next_power_of_2(V)), warps
     cap = 4096 if k <= 8 else 2048 if k <= 32 else 1024
-    return min(cap, triton.next_power_of_2(V))
+    block = min(cap, triton.next_power_of_2(V))
+    return block, _num_warps(block)
 
 
 def _interpreting() -> bool:
@@ -117,7 +123,9 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v):
     s_index = torch.empty(N, dtype=torch.long, device=logits.device)
     if N == 0 or (_interpreting() and _tracing(logits)):
         return lse, t_logit, s_logit, s_index
-    block = block_v if block_v > 0 else _fwd_block(V, k)
+    block, warps = _fwd_config(V, k)
+    if block_v > 0:
+        block, warps = block_v, _num_warps(block_v)
     kpad = triton.next_power_of_2(max(k, 1))
     # With k == 0 the uniform is never read; any pointer will do.
     u = uniform if uniform is not None else lse
@@ -125,7 +133,7 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v):
         torch.library.wrap_triton(_k.row_stats_fwd_kernel)[(N,)](
             logits, target, u, lse, t_logit, s_logit, s_index,
             T, V, logits.stride(0), logits.stride(1), ignore_index,
-            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, num_warps=_num_warps(block),
+            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, num_warps=warps,
         )
     return lse, t_logit, s_logit, s_index
 

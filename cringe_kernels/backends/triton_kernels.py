@@ -7,17 +7,22 @@ The meaning of every input and output is in :mod:`cringe_kernels.backends.base`.
 Forward, one program per row, one streaming read of the row in blocks of
 ``BLOCK`` columns:
 
-* online max / sum-exp for the log-sum-exp;
+* the log-sum-exp as one partial sum per lane, ``s += exp(x - shift)``: the
+  block max is the only reduction per block, and it raises the (row-wide)
+  shift only when the running max grows, about ``log(V / BLOCK)`` times per
+  row, so the steady state is a max, an exp and an add per column;
 * a streaming top-k that skips the target column. The running list is a
   ``KPAD``-wide register array of (key, column) pairs, unsorted, of which the
   first ``K`` slots are live. The pair order is SPEC.md's: key descending, then
   column ascending; the key is the logit with NaN mapped to ``+inf`` (as the
-  reference orders it). The list's worst live pair is the threshold. A block
-  whose largest key is below the threshold costs one extra reduction; only a
-  block holding pairs that beat the threshold enters the insertion loop, which
-  moves the block's best pair into the worst slot until no pair of the block
-  beats the (rising) threshold, so it runs at most ``K`` times per block and,
-  on typical rows, only in the first few blocks;
+  reference orders it). The list's worst live pair is the threshold. The
+  same block max gates it: a block whose max is below the threshold costs
+  nothing more; only a block holding pairs that beat the threshold enters the
+  insertion loop, which moves the block's best pair into the worst slot until
+  no pair of the block beats the (rising) threshold, so it runs at most ``K``
+  times per block and, on typical rows, only in the first few blocks. A row
+  holding a NaN (whose key, +inf, the NaN-ignoring max cannot see) is
+  streamed a second time with every block offered;
 * the inverse-CDF draw over the ``K`` candidates with the row's uniform. The
   list stays unsorted: each slot's position in SPEC order is the number of
   live slots that beat it, and its CDF value the sum of ``q`` over the slots
@@ -94,6 +99,38 @@ def _row_base(row, T, stride_b, stride_t):
 
 
 @triton.jit
+def _topk_block(x, cols, inside, y32, top_v, top_i, thr_v, thr_i, live):
+    """Offer one block of columns to the running top-k list (exact, SPEC order).
+
+    The key is the logit with NaN mapped to ``+inf``; the target column and
+    the padding past ``V`` are excluded. Only a block whose best key reaches
+    the threshold enters the insertion loop, which moves the block's best
+    pair into the worst live slot until no pair of the block beats the
+    (rising) threshold: at most ``K`` rounds, and on typical rows only in the
+    first few blocks.
+    """
+    key = tl.where(x != x, float("inf"), x)
+    excluded = (cols == y32) | (~inside)
+    key = tl.where(excluded, float("-inf"), key)
+    b_v = tl.max(key, 0)
+    if b_v >= thr_v:
+        idx = tl.where(excluded, EXCLUDED, cols).to(tl.int32)
+        b_i = tl.min(tl.where(key == b_v, idx, EXCLUDED), 0)
+        while (b_v > thr_v) | ((b_v == thr_v) & (b_i < thr_i)):
+            # The threshold pair is unique among live slots (distinct
+            # columns), so this replaces exactly one.
+            slot = live & (top_i == thr_i)
+            top_v = tl.where(slot, b_v, top_v)
+            top_i = tl.where(slot, b_i, top_i)
+            thr_v, thr_i = _worst_live(top_v, top_i, live)
+            taken = idx == b_i
+            key = tl.where(taken, float("-inf"), key)
+            idx = tl.where(taken, EXCLUDED, idx)
+            b_v, b_i = _best_pair(key, idx, EXCLUDED)
+    return top_v, top_i, thr_v, thr_i
+
+
+@triton.jit
 def row_stats_fwd_kernel(
     x_ptr,            # [B, T, V] logits, last stride 1
     target_ptr,       # [N] int64
@@ -132,45 +169,47 @@ def row_stats_fwd_kernel(
         top_v = tl.full((KPAD,), float("-inf"), ACC)
         top_i = (slots + EMPTY).to(tl.int32)
         thr_v, thr_i = _worst_live(top_v, top_i, live)
+        # Online log-sum-exp, one partial sum per lane: sum_j exp(x_j) =
+        # sum(s) * exp(shift), shift = the running max m when finite, else 0
+        # (so exp(x - shift) needs no guard: -inf adds 0, +inf adds +inf, NaN
+        # poisons its lane). The block max is the only reduction per block;
+        # it also gates the top-k (it includes the target column, so the gate
+        # can only open too often).
         m = tl.full((), float("-inf"), ACC)
-        s = tl.zeros((), ACC)
         shift = tl.zeros((), ACC)
+        s = tl.zeros((BLOCK,), ACC)
         for start in range(0, V, BLOCK):
             cols = start + cols0
             inside = cols < V
             x = tl.load(x_ptr + base + cols, mask=inside, other=float("-inf")).to(ACC)
-            # Online log-sum-exp. The shift is 0 while the max is infinite so
-            # that -inf - -inf never makes a NaN (an all -inf row gives -inf,
-            # a +inf logit gives +inf, as torch.logsumexp does). An empty sum
-            # is not rescaled: after -inf-only blocks, a first max of -200
-            # would scale 0 by exp(200) = inf.
-            m_new = tl.maximum(m, tl.max(x, 0))
-            shift = tl.where((m_new == float("inf")) | (m_new == float("-inf")), 0.0, m_new).to(ACC)
-            old_shift = tl.where((m == float("inf")) | (m == float("-inf")), 0.0, m).to(ACC)
-            s = tl.where(s == 0, s, s * tl.exp(old_shift - shift)) + tl.sum(tl.exp(x - shift), 0)
-            m = m_new
+            bm = tl.max(x, 0)
+            if bm > m:
+                # Rare: the running max grows about log(V / BLOCK) times per
+                # row. A zero lane stays zero (0 * exp(+large) would be NaN).
+                new_shift = tl.where(bm == float("inf"), 0.0, bm).to(ACC)
+                s = tl.where(s == 0, s, s * tl.exp(shift - new_shift))
+                m = bm
+                shift = new_shift
+            s += tl.exp(x - shift)
             if K > 0:
-                key = tl.where(x != x, float("inf"), x).to(ACC)
-                excluded = (cols == y32) | (~inside)
-                key = tl.where(excluded, float("-inf"), key)
-                # Cheap gate: a block entirely below the threshold adds nothing.
-                b_v = tl.max(key, 0)
-                if b_v >= thr_v:
-                    idx = tl.where(excluded, EXCLUDED, cols).to(tl.int32)
-                    b_i = tl.min(tl.where(key == b_v, idx, EXCLUDED), 0)
-                    while (b_v > thr_v) | ((b_v == thr_v) & (b_i < thr_i)):
-                        # The threshold pair is unique among live slots
-                        # (distinct columns), so this replaces exactly one.
-                        slot = live & (top_i == thr_i)
-                        top_v = tl.where(slot, b_v, top_v)
-                        top_i = tl.where(slot, b_i, top_i)
-                        thr_v, thr_i = _worst_live(top_v, top_i, live)
-                        taken = idx == b_i
-                        key = tl.where(taken, float("-inf"), key)
-                        idx = tl.where(taken, EXCLUDED, idx)
-                        b_v, b_i = _best_pair(key, idx, EXCLUDED)
+                if bm >= thr_v:
+                    top_v, top_i, thr_v, thr_i = _topk_block(x, cols, inside, y32, top_v, top_i, thr_v, thr_i, live)
+        total = tl.sum(s, 0)
+        if K > 0:
+            if total != total:
+                # A NaN logit: the block max may have skipped it (max ignores
+                # NaN on the GPU), but its top-k key is +inf. Rare and already
+                # a NaN loss: rebuild the list with every block offered.
+                top_v = tl.full((KPAD,), float("-inf"), ACC)
+                top_i = (slots + EMPTY).to(tl.int32)
+                thr_v, thr_i = _worst_live(top_v, top_i, live)
+                for start in range(0, V, BLOCK):
+                    cols = start + cols0
+                    inside = cols < V
+                    x = tl.load(x_ptr + base + cols, mask=inside, other=float("-inf")).to(ACC)
+                    top_v, top_i, thr_v, thr_i = _topk_block(x, cols, inside, y32, top_v, top_i, thr_v, thr_i, live)
 
-        lse = shift + tl.log(s)
+        lse = shift + tl.log(total)
         t_logit = tl.load(x_ptr + base + y32, mask=in_range, other=0.0).to(ACC)
         nan = tl.full((), float("nan"), ACC)
         if K > 0:

@@ -40,7 +40,8 @@ constexpr int64_t kSortedListMaxK = 64;
 // (glibc's expf does not vectorise without -ffast-math, which would break
 // the NaN/inf semantics). Cody-Waite reduction to |r| <= ln2/2 and a degree-7
 // Taylor polynomial: within ~2 ulp of expf. Returns exactly 0 below
-// -87.5 (so -inf gives 0) and NaN for NaN; inputs here are <= 0 except NaN.
+// -87.5 (so -inf gives 0), +inf above 88.5 (so +inf gives +inf; a +inf logit
+// is summed with shift 0, see LseState) and NaN for NaN.
 inline float vexp(float x) {
   const float xc = x < -87.5f ? -87.5f : (x > 88.0f ? 88.0f : x);
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -57,7 +58,7 @@ inline float vexp(float x) {
   const float nn = n == n ? n : 0.0f;
   const float scale = bits_to_f32(static_cast<uint32_t>(static_cast<int32_t>(nn) + 127) << 23);
   const float res = p * scale;
-  return x < -87.5f ? 0.0f : res;
+  return x < -87.5f ? 0.0f : (x > 88.5f ? std::numeric_limits<float>::infinity() : res);
 }
 
 inline double vexp(double x) { return std::exp(x); }
@@ -157,16 +158,11 @@ __attribute__((always_inline)) inline void forward_row_scan(const ForwardParams&
         }
       }
     }
-    const Acc mn = bm > st.m ? bm : st.m;
-    st.s *= rescale(st.m, mn, ex);
-    st.m = mn;
+    st.raise_to(bm, ex);
+    const Acc sh = st.shift();
     Acc bs = Acc(0);
 #pragma omp simd reduction(+ : bs)
-    for (int64_t j = 0; j < n; ++j) {
-      // exp_term() without a branch around the call, so that it vectorises.
-      const Acc e = vexp(xb[j] - mn);
-      bs += xb[j] == neg_inf<Acc>() ? Acc(0) : e;
-    }
+    for (int64_t j = 0; j < n; ++j) bs += vexp(xb[j] - sh);
     st.s += bs;
   }
   lse_out[i] = st.lse();

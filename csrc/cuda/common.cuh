@@ -52,6 +52,17 @@ struct FastExp {
   __device__ __forceinline__ double operator()(double x) const { return exp(x); }
 };
 
+// e^x as 2^(x log2 e) on the special-function unit in two instructions (FFMA,
+// MUFU.EX2), for the forward's sum of exp(x - shift): its terms are at most 1
+// with the largest exactly 1, so flushing results below 2^-126 to zero
+// changes the sum by less than one part in 10^38. (__expf adds denormal
+// handling: six instructions.) `neg_shift_log2e` is -shift * log2(e).
+__device__ __forceinline__ float exp_shifted_ftz(float x, float neg_shift_log2e) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fmaf(x, 1.4426950408889634f, neg_shift_log2e)));
+  return y;
+}
+
 // 16-byte packs loaded per thread before use (memory-level parallelism).
 constexpr int kUnroll = 4;
 
@@ -71,14 +82,15 @@ __device__ __forceinline__ int head_elements(const S* row, int V) {
   return h < V ? h : V;
 }
 
-// Calls f(col, value) for this thread's columns of the row, in ascending
-// column order per thread (the top-k relies on it): the unaligned head, then
-// 16-byte packs strided by blockDim, then the tail.
-template <class S, class F>
-__device__ __forceinline__ void walk_row(const S* row, int V, F&& f) {
+// Walks this thread's columns of the row in ascending order (the top-k relies
+// on it): the unaligned head element by element (on_element(col, raw)), then
+// 16-byte packs strided by blockDim (on_pack(first_col, pack)), then the tail
+// element by element.
+template <class S, class OnPack, class OnElement>
+__device__ __forceinline__ void walk_row(const S* row, int V, OnPack&& on_pack, OnElement&& on_element) {
   constexpr int kN = Pack<S>::kN;
   const int head = head_elements(row, V);
-  for (int j = threadIdx.x; j < head; j += blockDim.x) f(j, row[j]);
+  for (int j = threadIdx.x; j < head; j += blockDim.x) on_element(j, row[j]);
   const int packs = (V - head) / kN;
   const Pack<S>* body = reinterpret_cast<const Pack<S>*>(row + head);
   const int T = blockDim.x;
@@ -90,18 +102,16 @@ __device__ __forceinline__ void walk_row(const S* row, int V, F&& f) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) pk[u] = body[p + u * T];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-      for (int e = 0; e < kN; ++e) f(head + (p + u * T) * kN + e, pk[u].v[e]);
-    }
+    for (int u = 0; u < kUnroll; ++u) on_pack(head + (p + u * T) * kN, pk[u]);
   }
-  for (; p < packs; p += T) {
-    const Pack<S> pk = body[p];
-#pragma unroll
-    for (int e = 0; e < kN; ++e) f(head + p * kN + e, pk.v[e]);
-  }
-  for (int j = head + packs * kN + threadIdx.x; j < V; j += blockDim.x) f(j, row[j]);
+  for (; p < packs; p += T) on_pack(head + p * kN, body[p]);
+  for (int j = head + packs * kN + threadIdx.x; j < V; j += blockDim.x) on_element(j, row[j]);
 }
+
+// max() that ignores a NaN operand (one FMNMX): the pack max that gates the
+// log-sum-exp rescale and the top-k.
+__device__ __forceinline__ float max_ignoring_nan(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_ignoring_nan(double a, double b) { return fmax(a, b); }
 
 template <class T>
 __device__ __forceinline__ T shfl_xor(T v, int mask) {

@@ -2,8 +2,10 @@
 //
 // One read of the row. Each thread walks its columns (16-byte packs where
 // aligned) keeping an online (max, sum-exp) pair and a sorted list of its own
-// best k_eff non-target columns in shared memory; a register threshold (the
-// list's last key) turns almost every element into one compare. Then:
+// best k_eff non-target columns in shared memory. Per pack the hot path is a
+// max, one exp and one add per column: the pack max both raises the running
+// max and, against a register threshold (the list's last key), decides
+// whether the pack is offered to the list at all. Then:
 //   * the (max, sum) pairs are merged by warp shuffles and one shared step,
 //   * the per-thread lists are merged by k_eff rounds of a block-wide argmax
 //     over the list heads (value desc, column asc: SPEC.md's order),
@@ -11,6 +13,7 @@
 //     four outputs.
 // Offsets of rows are int64; columns inside a row are int32 (V < 2^31).
 #include <climits>
+#include <type_traits>
 
 #include "common.cuh"
 #include "launch.h"
@@ -89,19 +92,71 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
 
     LseState<Acc> st = LseState<Acc>::empty();
     StridedTopK<Acc, int> tk{list_keys + threadIdx.x, list_cols + threadIdx.x, static_cast<int>(blockDim.x), k_eff, 0};
-    Acc thr = neg_inf<Acc>();
+    Acc thr = neg_inf<Acc>();  // tk.threshold(), kept in a register
     const FastExp ex;
-    walk_row(row, V, [&](int col, S raw) {
-      const Acc x = Ty::load(raw);
-      st.push(x, ex);
-      if (k_eff > 0 && col != yc) {
+    // The exact top-k step of one column: SPEC order, target skipped, NaN as +inf.
+    auto offer = [&](int col, Acc x) {
+      if (col != yc) {
         const Acc key = topk_key(x);
         if (key > thr || tk.count < k_eff) {
           tk.offer(key, col);
           thr = tk.threshold();
         }
       }
-    });
+    };
+    // The hot loop, per 16-byte pack: a pack max (NaN ignored) raises the
+    // running max (rarely), one exp per column is summed without a branch,
+    // and the same max gates the top-k: only a pack that may hold a
+    // candidate (max above the threshold, list not yet full) or a NaN (s
+    // turned NaN) is offered column by column. The gate includes the target
+    // column, so it can only open too often, never too rarely.
+    Acc shift = Acc(0);  // st.shift(), kept in a register
+    walk_row(
+        row, V,
+        [&](int col0, const Pack<S>& pk) {
+          constexpr int kN = Pack<S>::kN;
+          Acc x[kN];
+#pragma unroll
+          for (int e = 0; e < kN; ++e) x[e] = Ty::load(pk.v[e]);
+          if constexpr (!std::is_same<Acc, float>::value) {
+            // float64: two columns per pack gain nothing from the gate, and
+            // the extra live doubles around the (called) exp spill.
+#pragma unroll
+            for (int e = 0; e < kN; ++e) {
+              st.push(x[e], ex);
+              if (k_eff > 0) offer(col0 + e, x[e]);
+            }
+          } else {
+            Acc pm = x[0];
+#pragma unroll
+            for (int e = 1; e < kN; ++e) pm = max_ignoring_nan(pm, x[e]);
+            if (pm > st.m) {
+              st.raise_to(pm, ex);
+              shift = st.shift();
+            }
+            const float nsl = -shift * 1.4426950408889634f;
+            Acc t[kN];
+#pragma unroll
+            for (int e = 0; e < kN; ++e) t[e] = exp_shifted_ftz(x[e], nsl);
+            // Pairwise sum: a short dependency chain per pack.
+#pragma unroll
+            for (int w = 1; w < kN; w *= 2) {
+#pragma unroll
+              for (int e = 0; e + w < kN; e += 2 * w) t[e] += t[e + w];
+            }
+            st.s += t[0];
+            if (k_eff > 0 && (pm > thr || tk.count < k_eff || st.s != st.s)) {
+#pragma unroll
+              for (int e = 0; e < kN; ++e) offer(col0 + e, x[e]);
+            }
+          }
+        },
+        [&](int col, S raw) {
+          const Acc x = Ty::load(raw);
+          st.push(x, ex);
+          shift = st.shift();
+          if (k_eff > 0) offer(col, x);
+        });
 
     // log-sum-exp of the row.
     warp_lse(st);

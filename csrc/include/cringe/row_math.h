@@ -37,21 +37,19 @@ CRINGE_HD double precise_log(double x) { return log(x); }
 // ---------------------------------------------------------------------------
 // Online log-sum-exp.
 //
-// State (m, s) stands for sum_j exp(x_j) = s * exp(m). m starts at -inf and
-// never becomes NaN (NaN never wins a `>` comparison); a NaN logit makes s NaN,
-// and NaN survives every later rescale because NaN * 0 is NaN.
+// State (m, s): m is the running max (-inf at the start; NaN never wins a `>`
+// comparison, so m is never NaN) and s stands for
+//     sum_j exp(x_j) = s * exp(shift(m)),   shift(m) = m if m is finite, else 0.
+// The shift is always finite, so exp(x - shift) needs no guard: a -inf logit
+// adds exactly 0 (also while the row is all -inf, where m - m would be NaN),
+// a +inf logit adds +inf (so a row holding several +inf has lse +inf, as
+// torch.logsumexp says, not inf - inf = NaN), and a NaN logit makes s NaN for
+// good (NaN survives every rescale). Adding a block of columns therefore costs
+// one max, at most one rescale, and one exp per column (no per-column branch).
 
-// exp(from - to) for from <= to, with exp(-inf - -inf) taken as 1 so that a
-// row that is all -inf so far keeps s == 0 instead of turning NaN.
-template <class Acc, class ExpF>
-CRINGE_HD Acc rescale(Acc from, Acc to, ExpF expf_) {
-  return from == to ? Acc(1) : expf_(from - to);
-}
-
-// exp(x - m) as a term of the sum: exactly 0 for a -inf logit (m may be -inf).
-template <class Acc, class ExpF>
-CRINGE_HD Acc exp_term(Acc x, Acc m, ExpF expf_) {
-  return x == neg_inf<Acc>() ? Acc(0) : expf_(x - m);
+template <class Acc>
+CRINGE_HD Acc lse_shift(Acc m) {
+  return (m == pos_inf<Acc>() || m == neg_inf<Acc>()) ? Acc(0) : m;
 }
 
 template <class Acc>
@@ -61,28 +59,41 @@ struct LseState {
 
   CRINGE_HD static LseState empty() { return {neg_inf<Acc>(), Acc(0)}; }
 
-  // Add one logit. The branch is taken only when the running max grows,
-  // which after the first few elements is rare.
+  CRINGE_HD Acc shift() const { return lse_shift(m); }
+
+  // Raise the running max to mx (nothing happens unless mx > m, so a NaN mx
+  // is ignored). s == 0 stays 0: a row that was all -inf so far must not turn
+  // 0 * exp(+large) into NaN.
+  template <class ExpF>
+  CRINGE_HD void raise_to(Acc mx, ExpF expf_) {
+    if (mx > m) {
+      if (s != Acc(0)) s *= expf_(shift() - lse_shift(mx));
+      m = mx;
+    }
+  }
+
+  // Add one logit.
   template <class ExpF>
   CRINGE_HD void push(Acc x, ExpF expf_) {
-    if (x > m) {
-      s = s * rescale(m, x, expf_) + Acc(1);
-      m = x;
-    } else {
-      s += exp_term(x, m, expf_);
-    }
+    raise_to(x, expf_);
+    s += expf_(x - shift());
   }
 
   // Merge another partial state (from another thread or block of columns).
   template <class ExpF>
   CRINGE_HD void merge(const LseState& o, ExpF expf_) {
-    Acc mn = o.m > m ? o.m : m;
-    s = s * rescale(m, mn, expf_) + o.s * rescale(o.m, mn, expf_);
+    LseState a = *this;
+    LseState b = o;
+    const Acc mn = o.m > m ? o.m : m;
+    a.raise_to(mn, expf_);
+    b.raise_to(mn, expf_);
     m = mn;
+    s = a.s + b.s;
   }
 
-  // log sum exp; -inf for an all -inf row, NaN when any logit was NaN.
-  CRINGE_HD Acc lse() const { return m + precise_log(s); }
+  // log sum exp; -inf for an all -inf row, +inf if any logit is +inf, NaN
+  // when any logit was NaN.
+  CRINGE_HD Acc lse() const { return shift() + precise_log(s); }
 };
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Launch-parameter sweep of the GPU kernels at one size (default: the goal point).
+
+Times the row-statistics kernels alone (no loss algebra, no autograd) so that
+launch parameters can be chosen from measurements:
+
+* Triton forward: ``BLOCK`` x ``num_warps``;
+* Triton backward: ``BLOCK`` x ``num_warps``, out of place;
+* the CUDA forward and backward as built (for comparison), when ``_C_cuda`` is;
+* a device-to-device copy of the logits (1 read + 1 write), the bandwidth
+  ceiling every fraction is taken against.
+
+Each time is the median of ``triton.testing.do_bench`` (CUDA events). The
+logits (``N x V`` bf16 = 4.2 GB at the goal point) are far beyond L2, so one
+buffer suffices. Fractions use the byte model of :mod:`cringe_kernels.bench.metrics`:
+forward 1 read, backward 1 read + 1 write.
+
+Usage::
+
+    python benchmarks/kernel_tune.py [--N 16384] [--V 128256] [--k 5] [--dtype bf16] [--csv OUT.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+import torch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--N", type=int, default=16384)
+    ap.add_argument("--V", type=int, default=128256)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--csv", default=None)
+    ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS' here "
+                    "(the format of CRINGE_KERNELS_TRITON_FWD)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("kernel_tune: no CUDA device; nothing to time")
+        return 0
+
+    import triton
+    from triton.testing import do_bench
+
+    from cringe_kernels.backends import triton_kernels as tk
+    from cringe_kernels.backends.base import stats_dtype
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    N, V, k = args.N, args.V, args.k
+    dev = torch.device("cuda")
+    es = torch.empty((), dtype=dtype).element_size()
+    g = torch.Generator(dev).manual_seed(0)
+    x = torch.empty(1, N, V, dtype=dtype, device=dev)
+    x.normal_(generator=g)
+    x.mul_(2)
+    target = torch.randint(0, V, (N,), device=dev, generator=g)
+    target[::7] = -100
+    u = torch.rand(N, device=dev, generator=g)
+    acc = stats_dtype(dtype)
+    lse, tlog, slog = (torch.empty(N, dtype=acc, device=dev) for _ in range(3))
+    sidx = torch.empty(N, dtype=torch.long, device=dev)
+    out = torch.empty_like(x)
+    grads = [torch.randn(N, device=dev, generator=g).to(acc) for _ in range(3)]
+    acc_tl = tk.tl.float64 if acc == torch.float64 else tk.tl.float32
+    kpad = triton.next_power_of_2(max(k, 1))
+
+    rows = []
+
+    def record(kind, config, ms, nbytes, params=None):
+        gbs = nbytes / ms / 1e6
+        rows.append(dict(kind=kind, config=config, ms=ms, gbps=gbs, params=params))
+        print(f"{kind:14s} {config:28s} {ms:8.3f} ms {gbs:8.0f} GB/s", flush=True)
+
+    def bench(fn):
+        return do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+    copy_dst = torch.empty_like(x)
+    copy_ms = bench(lambda: copy_dst.copy_(x))
+    record("copy", "dst.copy_(src)", copy_ms, 2 * N * V * es)
+    del copy_dst
+    copy_gbps = rows[0]["gbps"]
+
+    for block in (1024, 2048, 4096, 8192):
+        for warps in (4, 8, 16):
+            def fwd(block=block, warps=warps):
+                tk.row_stats_fwd_kernel[(N,)](
+                    x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+                    ACC=acc_tl, K=k, KPAD=kpad, BLOCK=block, num_warps=warps)
+            try:
+                record("triton-fwd", f"BLOCK={block} warps={warps}", bench(fwd), N * V * es, (block, warps))
+            except Exception as err:  # an out-of-resources config is a result, not a failure
+                print(f"triton-fwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
+    fwd_ref = sidx.clone()
+    lse_ref = lse.clone()
+
+    for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
+        if True:
+            def bwd(block=block, warps=warps):
+                tk.row_stats_bwd_kernel[(N, triton.cdiv(V, block))](
+                    x, out, target, sidx, lse, *grads, N, V, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+                    -100, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False, num_warps=warps)
+            try:
+                record("triton-bwd", f"BLOCK={block} warps={warps}", bench(bwd), 2 * N * V * es)
+            except Exception as err:
+                print(f"triton-bwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
+
+    try:
+        from cringe_kernels.backends import cuda_backend as cb
+        from cringe_kernels.backends import _native
+    except Exception as err:
+        cb = None
+        print(f"cuda backend unavailable: {err}")
+    if cb is not None and cb._C_cuda is not None:
+        stream = torch.cuda.current_stream().cuda_stream
+
+        def cfwd():
+            cb._C_cuda.forward(_native.DTYPE_CODES[dtype], x.data_ptr(), 1, N, V, x.stride(0), x.stride(1),
+                               target.data_ptr(), u.data_ptr(), k, -100, lse.data_ptr(), tlog.data_ptr(),
+                               slog.data_ptr(), sidx.data_ptr(), 0, stream)
+
+        def cbwd():
+            cb._launch_backward(x, out, target, sidx, lse, *grads, -100)
+
+        try:
+            record("cuda-fwd", "as built", bench(cfwd), N * V * es)
+            same = (sidx == fwd_ref).float().mean().item()
+            diff = (lse - lse_ref).abs().max().item()
+            print(f"cuda vs triton: sample_index agreement {same:.6f}, max |lse difference| {diff:.3g}")
+            record("cuda-bwd", "as built", bench(cbwd), 2 * N * V * es)
+        except Exception as err:
+            print(f"cuda timing failed: {type(err).__name__}: {err}")
+
+    print()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
+          f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
+    for kind in ("triton-fwd", "triton-bwd", "cuda-fwd", "cuda-bwd"):
+        best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
+        if best:
+            print(f"best {kind:11s} {best['config']:24s} {best['ms']:.3f} ms, {best['gbps'] / copy_gbps:.2f} of copy")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["kind", "config", "ms", "gbps", "frac_copy"])
+            w.writeheader()
+            for r in rows:
+                w.writerow({"kind": r["kind"], "config": r["config"], "ms": r["ms"], "gbps": r["gbps"],
+                            "frac_copy": r["gbps"] / copy_gbps})
+    best_fwd = min((r for r in rows if r["kind"] == "triton-fwd"), key=lambda r: r["ms"], default=None)
+    if args.best_fwd and best_fwd:
+        with open(args.best_fwd, "w") as f:
+            f.write("%d,%d\n" % best_fwd["params"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
