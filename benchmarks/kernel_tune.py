@@ -3,7 +3,8 @@
 Times the row-statistics kernels alone (no loss algebra, no autograd) so that
 launch parameters can be chosen from measurements:
 
-* Triton forward: ``BLOCK`` x ``num_warps``;
+* Triton forward: ``BLOCK`` x ``num_warps`` x ``SUB``, and the same kernel
+  with ``k = 0`` (the streaming ceiling: no top-k work);
 * Triton backward: ``BLOCK`` x ``num_warps``, out of place;
 * the CUDA forward and backward as built (for comparison), when ``_C_cuda`` is;
 * a device-to-device copy of the logits (1 read + 1 write), the bandwidth
@@ -17,13 +18,19 @@ forward 1 read, backward 1 read + 1 write.
 Usage::
 
     python benchmarks/kernel_tune.py [--N 16384] [--V 128256] [--k 5] [--dtype bf16] [--csv OUT.csv]
+
+Without a GPU it exits at once, unless ``TRITON_INTERPRET=1`` is set: then
+it runs the same launches through Triton's interpreter on the CPU (use tiny
+``--N``/``--V``), which checks the script, not the speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
+import time
 
 import torch
 
@@ -35,22 +42,22 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--csv", default=None)
-    ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS' here "
+    ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS,SUB' here "
                     "(the format of CRINGE_KERNELS_TRITON_FWD)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if not torch.cuda.is_available() and not interpreting:
         print("kernel_tune: no CUDA device; nothing to time")
         return 0
 
     import triton
-    from triton.testing import do_bench
 
     from cringe_kernels.backends import triton_kernels as tk
     from cringe_kernels.backends.base import stats_dtype
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     N, V, k = args.N, args.V, args.k
-    dev = torch.device("cuda")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     es = torch.empty((), dtype=dtype).element_size()
     g = torch.Generator(dev).manual_seed(0)
     x = torch.empty(1, N, V, dtype=dtype, device=dev)
@@ -75,6 +82,13 @@ def main() -> int:
         print(f"{kind:14s} {config:28s} {ms:8.3f} ms {gbs:8.0f} GB/s", flush=True)
 
     def bench(fn):
+        if dev.type == "cpu":  # the interpreter: one timed call checks the launch
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        from triton.testing import do_bench
+
         return do_bench(fn, warmup=50, rep=200, return_mode="median")
 
     copy_dst = torch.empty_like(x)
@@ -83,16 +97,34 @@ def main() -> int:
     del copy_dst
     copy_gbps = rows[0]["gbps"]
 
-    for block in (1024, 2048, 4096, 8192):
-        for warps in (4, 8, 16):
-            def fwd(block=block, warps=warps):
-                tk.row_stats_fwd_kernel[(N,)](
-                    x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
-                    ACC=acc_tl, K=k, KPAD=kpad, BLOCK=block, num_warps=warps)
-            try:
-                record("triton-fwd", f"BLOCK={block} warps={warps}", bench(fwd), N * V * es, (block, warps))
-            except Exception as err:  # an out-of-resources config is a result, not a failure
-                print(f"triton-fwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
+    # (BLOCK, num_warps, SUB): SUB < BLOCK offers gated blocks to the top-k in
+    # pieces (fewer registers, more rows in flight; see _fwd_config).
+    fwd_configs = [(1024, 4, 1024), (2048, 4, 2048), (2048, 4, 512), (2048, 4, 256),
+                   (4096, 4, 512), (4096, 8, 4096), (4096, 8, 512), (4096, 8, 256),
+                   (8192, 8, 512), (8192, 8, 256), (8192, 16, 512), (16384, 16, 512)]
+    for block, warps, sub in fwd_configs:
+        def fwd(block=block, warps=warps, sub=sub, kk=k, kp=kpad):
+            tk.row_stats_fwd_kernel[(N,)](
+                x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+                ACC=acc_tl, K=kk, KPAD=kp, BLOCK=block, SUB=sub, num_warps=warps)
+        try:
+            record("triton-fwd", f"BLOCK={block} warps={warps} SUB={sub}", bench(fwd), N * V * es,
+                   (block, warps, sub))
+        except Exception as err:  # an out-of-resources config is a result, not a failure
+            print(f"triton-fwd     BLOCK={block} warps={warps} SUB={sub}: {type(err).__name__}: {str(err)[:200]}")
+    # The streaming ceiling: the same kernel with no top-k (k = 0).
+    for block, warps in ((2048, 4), (4096, 8)):
+        def fwd0(block=block, warps=warps):
+            tk.row_stats_fwd_kernel[(N,)](
+                x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+                ACC=acc_tl, K=0, KPAD=1, BLOCK=block, SUB=block, num_warps=warps)
+        record("triton-fwd-k0", f"BLOCK={block} warps={warps}", bench(fwd0), N * V * es)
+    # Leave the k > 0 results of the best configuration for the comparisons below.
+    best_fwd = min((r for r in rows if r["kind"] == "triton-fwd"), key=lambda r: r["ms"])
+    bb, bw, bs = best_fwd["params"]
+    tk.row_stats_fwd_kernel[(N,)](
+        x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+        ACC=acc_tl, K=k, KPAD=kpad, BLOCK=bb, SUB=bs, num_warps=bw)
     fwd_ref = sidx.clone()
     lse_ref = lse.clone()
 
@@ -113,7 +145,7 @@ def main() -> int:
     except Exception as err:
         cb = None
         print(f"cuda backend unavailable: {err}")
-    if cb is not None and cb._C_cuda is not None:
+    if cb is not None and cb._C_cuda is not None and dev.type == "cuda":
         stream = torch.cuda.current_stream().cuda_stream
 
         def cfwd():
@@ -134,9 +166,10 @@ def main() -> int:
             print(f"cuda timing failed: {type(err).__name__}: {err}")
 
     print()
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter)"
+    print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}; "
           f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
-    for kind in ("triton-fwd", "triton-bwd", "cuda-fwd", "cuda-bwd"):
+    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "cuda-fwd", "cuda-bwd"):
         best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
         if best:
             print(f"best {kind:11s} {best['config']:24s} {best['ms']:.3f} ms, {best['gbps'] / copy_gbps:.2f} of copy")
@@ -147,10 +180,9 @@ def main() -> int:
             for r in rows:
                 w.writerow({"kind": r["kind"], "config": r["config"], "ms": r["ms"], "gbps": r["gbps"],
                             "frac_copy": r["gbps"] / copy_gbps})
-    best_fwd = min((r for r in rows if r["kind"] == "triton-fwd"), key=lambda r: r["ms"], default=None)
-    if args.best_fwd and best_fwd:
+    if args.best_fwd:
         with open(args.best_fwd, "w") as f:
-            f.write("%d,%d\n" % best_fwd["params"])
+            f.write("%d,%d,%d\n" % best_fwd["params"])
     return 0
 
 

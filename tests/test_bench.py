@@ -1,9 +1,13 @@
 """The benchmark suite's own logic (not its timings): arguments, schema,
 byte model, percentiles, skips and a tiny end-to-end sweep on the CPU."""
 
+import csv
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,3 +357,23 @@ def test_list_providers_says_what_runs_here(capsys):
     assert cli.main(["--device", "cpu", "--list-providers"]) == 0
     out = capsys.readouterr().out
     assert "reference" in out and "ce-eager" in out and "liger-ce" in out
+
+
+def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
+    """benchmarks/kernel_tune.py (run by gpu_check.sh) works end to end: every
+    launch it makes, its CSV and the configuration it hands on. On the CPU
+    through Triton's interpreter, so a broken script never costs GPU time."""
+    pytest.importorskip("triton")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_tune.py"
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run(
+        [sys.executable, str(script), "--N", "3", "--V", "70", "--csv", str(tmp_path / "t.csv"),
+         "--best-fwd", str(tmp_path / "best.txt")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    kinds = {r["kind"] for r in rows}
+    assert {"copy", "triton-fwd", "triton-fwd-k0", "triton-bwd"} <= kinds
+    block, warps, sub = (int(v) for v in (tmp_path / "best.txt").read_text().split(","))
+    assert block & (block - 1) == 0 and sub <= block and warps in (4, 8, 16)

@@ -60,11 +60,11 @@ def make_uniform(shape, seed=0):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed + 2)).to(DEVICE)
 
 
-def compare_row_stats(x, target, uniform, k, block_v=None):
+def compare_row_stats(x, target, uniform, k, block_v=None, sub_v=None):
     """Backend statistics vs ``reference.row_stats`` on the same rows."""
     flat_t = target.reshape(-1)
     u = None if uniform is None else uniform.reshape(-1).float()
-    got = TritonRowStats(block_v).forward(x, flat_t, u, k, IGNORE)
+    got = TritonRowStats(block_v, sub_v).forward(x, flat_t, u, k, IGNORE)
     want = reference.row_stats(x, flat_t, u, k, IGNORE)
     tol = STAT_TOL[x.dtype]
     for name in ("lse", "target_logit", "sample_logit"):
@@ -145,9 +145,10 @@ def _op_args():
 def test_opcheck():
     x, target, u = _op_args()
     ops = torch.ops.cringe_kernels
-    torch.library.opcheck(ops.triton_row_stats, (x, target, u, 5, IGNORE, 0))
-    torch.library.opcheck(ops.triton_row_stats, (x, target, None, 0, IGNORE, 8))
-    st = ops.triton_row_stats(x, target, u, 5, IGNORE, 0)
+    torch.library.opcheck(ops.triton_row_stats, (x, target, u, 5, IGNORE, 0, 0))
+    torch.library.opcheck(ops.triton_row_stats, (x, target, None, 0, IGNORE, 8, 0))
+    torch.library.opcheck(ops.triton_row_stats, (x, target, u, 5, IGNORE, 8, 2))
+    st = ops.triton_row_stats(x, target, u, 5, IGNORE, 0, 0)
     g = [torch.randn(6, device=DEVICE) for _ in range(3)]
     torch.library.opcheck(ops.triton_row_grad, (x, target, st[3], st[0], *g, IGNORE, 0))
     torch.library.opcheck(ops.triton_row_grad_, (x.clone(), target, st[3], st[0], *g, IGNORE, 8))
@@ -165,7 +166,7 @@ def test_torch_compile_ops_fullgraph():
     u = make_uniform((B * T,), seed=1)
 
     def stats(logits, target, u):
-        out = torch.ops.cringe_kernels.triton_row_stats(logits, target, u, 5, IGNORE, 0)
+        out = torch.ops.cringe_kernels.triton_row_stats(logits, target, u, 5, IGNORE, 0, 0)
         g = torch.ones_like(out[0])
         grad = torch.ops.cringe_kernels.triton_row_grad(logits, target, out[3], out[0], g, -g, g, IGNORE, 0)
         return out[0], out[3], grad
@@ -207,6 +208,7 @@ def test_torch_compile_full_loss_fullgraph():
     "B,T,V,k,block_v,strided",
     [
         (2, 3, 37, 5, 16, True),      # V not a power of two, several blocks
+        (2, 3, 37, 5, (16, 4), True),  # the same, offered to the top-k in 4-column pieces
         (1, 4, 300, 17, 64, False),   # k not a power of two
         (2, 2, 10, 64, None, True),   # k >= V - 1: every non-target column
         (3, 2, 2, 1, None, False),    # smallest vocabulary
@@ -216,7 +218,8 @@ def test_torch_compile_full_loss_fullgraph():
 def test_row_stats_match_reference(dtype, B, T, V, k, block_v, strided):
     x = make_logits(B, T, V, dtype, strided=strided, seed=V + k)
     target = make_target(B, T, V, seed=V)
-    compare_row_stats(x, target, make_uniform((B, T), seed=k), k, block_v)
+    block_v, sub_v = block_v if isinstance(block_v, tuple) else (block_v, None)
+    compare_row_stats(x, target, make_uniform((B, T), seed=k), k, block_v, sub_v)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 17, 64])
@@ -283,12 +286,13 @@ def test_neg_inf_masks():
     assert torch.isfinite(got.sample_logit[finite_rows]).all()
 
 
-@pytest.mark.parametrize("V,block_v", [(9, None), (100, 8), (5000, None)] + ([(128256, None)] if HAS_CUDA else []))
+@pytest.mark.parametrize("V,block_v,sub_v", [(9, None, None), (100, 8, None), (100, 16, 4), (5000, None, None)]
+                         + ([(128256, None, None), (128256, 4096, 256)] if HAS_CUDA else []))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nonfinite_rows(V, block_v, dtype):
+def test_nonfinite_rows(V, block_v, sub_v, dtype):
     """Several +inf (lse +inf), all -inf but one, NaN with +inf: as the reference."""
     x, target, u = nonfinite_rows(V, dtype, DEVICE)
-    got = TritonRowStats(block_v=block_v).forward(x, target, u, 3, IGNORE)
+    got = TritonRowStats(block_v=block_v, sub_v=sub_v).forward(x, target, u, 3, IGNORE)
     want = reference.row_stats(x, target, u, 3, IGNORE)
     torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
     assert torch.equal(got.sample_index, want.sample_index)
@@ -449,14 +453,15 @@ from hypothesis import strategies as st  # noqa: E402
     strided=st.booleans(),
     reduction=st.sampled_from(["mean", "sum", "none"]),
     block_v=st.sampled_from([8, None]),
+    sub_v=st.sampled_from([None, 2, 4]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 2**16),
 )
-def test_property_matches_reference(B, T, V, k, strided, reduction, block_v, dtype, seed):
+def test_property_matches_reference(B, T, V, k, strided, reduction, block_v, sub_v, dtype, seed):
     x = make_logits(B, T, V, dtype, strided=strided, seed=seed)
     target = make_target(B, T, V, seed=seed)
     u = make_uniform((B, T), seed=seed)
-    compare_row_stats(x, target, u, k, block_v)
+    compare_row_stats(x, target, u, k, block_v, sub_v)
     feedback = torch.randint(0, 2, (B, T), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
     compare_cringe(x, target, feedback, u, k=k, reduction=reduction)
 
@@ -474,6 +479,7 @@ def test_gpu_real_sizes(dtype, V, k):
     feedback = torch.tensor([[0], [1]], device=DEVICE)
     u = make_uniform((B, T), seed=V)
     compare_row_stats(x, target, u, k)
+    compare_row_stats(x, target, u, k, block_v=4096, sub_v=256)  # the tune's register-light variant
     compare_cringe(x, target, feedback, u, k=k, ct_on_positives=True)
 
 

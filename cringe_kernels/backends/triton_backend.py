@@ -49,26 +49,37 @@ MAX_KERNEL_K = 256
 _BWD_BLOCK = 4096
 
 
-def _fwd_config(V: int, k: int) -> Tuple[int, int]:
-    """Forward ``(BLOCK, num_warps)``: columns per step and warps per row.
+def _fwd_config(V: int, k: int) -> Tuple[int, int, int]:
+    """Forward ``(BLOCK, num_warps, SUB)``: columns per step, warps per row,
+    columns per top-k offer.
 
     Wide blocks amortise the one block reduction per step; but each insertion
-    into the top-k list scans a whole block, and a row costs about
-    ``k * (1 + ln(V / BLOCK))`` insertions, so larger k prefers narrower
-    blocks. ``CRINGE_KERNELS_TRITON_FWD="BLOCK,WARPS"`` overrides the choice
+    into the top-k list scans a whole block (or ``SUB`` columns of it), and a
+    row costs about ``k * (1 + ln(V / BLOCK))`` insertions, so larger k
+    prefers narrower blocks. ``SUB < BLOCK`` offers a gated block in pieces
+    read again from cache, which keeps the block-wide key arrays out of
+    registers (ptxas, sm_90, bf16, k=5: 4096 columns / 8 warps use 128
+    registers with SUB = BLOCK and 64 with SUB = 256), at the price of more,
+    smaller reductions in the blocks that hold candidates; not yet measured,
+    so the default keeps SUB = BLOCK.
+
+    ``CRINGE_KERNELS_TRITON_FWD="BLOCK,WARPS[,SUB]"`` overrides the choice
     (for tuning: ``benchmarks/kernel_tune.py`` times the candidates), and
-    ``TritonRowStats(block_v=)`` overrides the block alone.
+    ``TritonRowStats(block_v=, sub_v=)`` overrides the block and the piece.
     """
     override = os.environ.get("CRINGE_KERNELS_TRITON_FWD")
     if override:
-        block, warps = (int(v) for v in override.split(","))
-        return min(block, triton.next_power_of_2(V)), warps
+        values = [int(v) for v in override.split(",")]
+        block = min(values[0], triton.next_power_of_2(V))
+        sub = min(values[2], block) if len(values) > 2 else block
+        return block, values[1], sub
     # Measured on an H100 at V=128256, k=5, bf16 (benchmarks/results/cuda-h100-2,
     # tune.csv): 2048 columns with 4 warps 2.94 ms, 1024/4 3.10 ms, 4096/8
     # 4.14 ms, 8192/any >= 6.2 ms. Small programs win: more rows in flight per
     # SM, and each top-k insertion round reduces over one block.
     cap = 2048 if k <= 8 else 1024
-    return min(cap, triton.next_power_of_2(V)), 4
+    block = min(cap, triton.next_power_of_2(V))
+    return block, 4, block
 
 
 def _interpreting() -> bool:
@@ -116,7 +127,7 @@ def _check_layout(logits: torch.Tensor) -> None:
         raise ValueError(f"the triton backend supports V < 2**30 columns; got V={V}")
 
 
-def _launch_forward(logits, target, uniform, k, ignore_index, block_v):
+def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v):
     B, T, V = logits.shape
     N = B * T
     acc = stats_dtype(logits.dtype)
@@ -126,9 +137,11 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v):
     s_index = torch.empty(N, dtype=torch.long, device=logits.device)
     if N == 0 or (_interpreting() and _tracing(logits)):
         return lse, t_logit, s_logit, s_index
-    block, warps = _fwd_config(V, k)
+    block, warps, sub = _fwd_config(V, k)
     if block_v > 0:
-        block, warps = block_v, _num_warps(block_v)
+        block, warps, sub = block_v, _num_warps(block_v), block_v
+    if sub_v > 0:
+        sub = min(sub_v, block)
     kpad = triton.next_power_of_2(max(k, 1))
     # With k == 0 the uniform is never read; any pointer will do.
     u = uniform if uniform is not None else lse
@@ -136,7 +149,7 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v):
         torch.library.wrap_triton(_k.row_stats_fwd_kernel)[(N,)](
             logits, target, u, lse, t_logit, s_logit, s_index,
             T, V, logits.stride(0), logits.stride(1), ignore_index,
-            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, num_warps=warps,
+            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, SUB=sub, num_warps=warps,
         )
     return lse, t_logit, s_logit, s_index
 
@@ -183,6 +196,7 @@ if _IMPORT_ERROR is None:
         k: int,
         ignore_index: int,
         block_v: int,
+        sub_v: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward statistics: ``(lse, target_logit, sample_logit, sample_index)``.
 
@@ -196,13 +210,15 @@ if _IMPORT_ERROR is None:
         ignore_index : int
         block_v : int
             Columns per step; 0 picks the default (tests use small blocks).
+        sub_v : int
+            Columns per top-k offer (a power of two); 0 picks the default.
 
         Returns
         -------
         tuple of Tensor
             ``[N]`` each: three in the statistics dtype, then int64.
         """
-        return _launch_forward(logits, target, uniform, k, ignore_index, block_v)
+        return _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v)
 
     @_register("cringe_kernels::triton_row_grad", mutates_args=())
     def triton_row_grad(
@@ -248,14 +264,19 @@ class TritonRowStats(RowStatsBackend):
         Columns per kernel step for both kernels (a power of two); ``None``
         picks the default per ``V``. Small blocks let the CPU tests exercise
         the multi-block streaming paths on small vocabularies.
+    sub_v : int, optional
+        Columns per top-k offer in the forward (a power of two, at most the
+        block; see ``_fwd_config``); ``None`` picks the default.
     """
 
     name = "triton"
 
-    def __init__(self, block_v: Optional[int] = None):
-        if block_v and (block_v < 1 or block_v & (block_v - 1)):
-            raise ValueError(f"block_v must be a power of two; got {block_v!r}")
+    def __init__(self, block_v: Optional[int] = None, sub_v: Optional[int] = None):
+        for name, value in (("block_v", block_v), ("sub_v", sub_v)):
+            if value and (value < 1 or value & (value - 1)):
+                raise ValueError(f"{name} must be a power of two; got {value!r}")
         self.block_v = int(block_v or 0)
+        self.sub_v = int(sub_v or 0)
 
     def status(self) -> BackendStatus:
         if _IMPORT_ERROR is not None:
@@ -289,7 +310,7 @@ class TritonRowStats(RowStatsBackend):
         if k_eff == 0:
             uniform = None
         return RowStats(*torch.ops.cringe_kernels.triton_row_stats(
-            logits, target, uniform, k_eff, ignore_index, self.block_v))
+            logits, target, uniform, k_eff, ignore_index, self.block_v, self.sub_v))
 
     @torch.no_grad()
     def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):

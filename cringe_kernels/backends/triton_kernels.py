@@ -148,6 +148,7 @@ def row_stats_fwd_kernel(
     K: tl.constexpr,        # k_eff = min(k, V - 1); 0 disables sampling
     KPAD: tl.constexpr,     # power of two >= max(K, 1)
     BLOCK: tl.constexpr,    # columns per step, power of two
+    SUB: tl.constexpr,      # columns per top-k offer, a power of two dividing BLOCK
 ):
     row = tl.program_id(0)
     base = _row_base(row, T, stride_b, stride_t)
@@ -193,7 +194,21 @@ def row_stats_fwd_kernel(
             s += tl.exp(x - shift)
             if K > 0:
                 if bm >= thr_v:
-                    top_v, top_i, thr_v, thr_i = _topk_block(x, cols, inside, y32, top_v, top_i, thr_v, thr_i, live)
+                    if SUB == BLOCK:
+                        top_v, top_i, thr_v, thr_i = _topk_block(x, cols, inside, y32, top_v, top_i, thr_v,
+                                                                 thr_i, live)
+                    else:
+                        # Offer the block in SUB-column pieces read again
+                        # (from L1/L2: just loaded), so that no BLOCK-wide
+                        # key/column arrays are live here: the kernel's
+                        # register peak, hence the rows in flight per SM,
+                        # stays near the streaming loop's.
+                        for sub in range(0, BLOCK, SUB):
+                            scols = start + sub + tl.arange(0, SUB)
+                            sin = scols < V
+                            xs = tl.load(x_ptr + base + scols, mask=sin, other=float("-inf")).to(ACC)
+                            top_v, top_i, thr_v, thr_i = _topk_block(xs, scols, sin, y32, top_v, top_i, thr_v,
+                                                                     thr_i, live)
         total = tl.sum(s, 0)
         if K > 0:
             if total != total:
@@ -203,11 +218,11 @@ def row_stats_fwd_kernel(
                 top_v = tl.full((KPAD,), float("-inf"), ACC)
                 top_i = (slots + EMPTY).to(tl.int32)
                 thr_v, thr_i = _worst_live(top_v, top_i, live)
-                for start in range(0, V, BLOCK):
-                    cols = start + cols0
-                    inside = cols < V
-                    x = tl.load(x_ptr + base + cols, mask=inside, other=float("-inf")).to(ACC)
-                    top_v, top_i, thr_v, thr_i = _topk_block(x, cols, inside, y32, top_v, top_i, thr_v, thr_i, live)
+                for start in range(0, V, SUB):
+                    scols = start + tl.arange(0, SUB)
+                    sin = scols < V
+                    xs = tl.load(x_ptr + base + scols, mask=sin, other=float("-inf")).to(ACC)
+                    top_v, top_i, thr_v, thr_i = _topk_block(xs, scols, sin, y32, top_v, top_i, thr_v, thr_i, live)
 
         lse = shift + tl.log(total)
         t_logit = tl.load(x_ptr + base + y32, mask=in_range, other=0.0).to(ACC)
