@@ -24,7 +24,9 @@
 #
 # Per-step limits in seconds can be overridden: GPU_CHECK_BUILD_S,
 # GPU_CHECK_TUNE_S, GPU_CHECK_BENCH_S (measuring budget), GPU_CHECK_TEST_S,
-# GPU_CHECK_SANITIZER_S. GPU_CHECK_TESTS narrows the test paths (default
+# GPU_CHECK_SANITIZER_S. The tune's faster CUDA forward gate (if both agree
+# with Triton) is likewise exported as CRINGE_KERNELS_CUDA_FWD_GATE.
+# GPU_CHECK_TESTS narrows the test paths (default
 # "tests"); GPU_CHECK_SANITIZER_QUICK=1 runs memcheck on the small cases only
 # (no N*V > 2^31 case, no racecheck). The tune's fastest Triton forward configuration is
 # exported as CRINGE_KERNELS_TRITON_FWD for the later steps unless already
@@ -134,7 +136,8 @@ info() {
 }
 
 tune() {
-  "$PY" benchmarks/kernel_tune.py --csv "$OUT/tune.csv" --best-fwd "$OUT/best_triton_fwd.txt"
+  "$PY" benchmarks/kernel_tune.py --csv "$OUT/tune.csv" --best-fwd "$OUT/best_triton_fwd.txt" \
+    --best-cuda-gate "$OUT/best_cuda_gate.txt"
 }
 
 tests() {
@@ -197,6 +200,11 @@ if [ -z "${CRINGE_KERNELS_TRITON_FWD:-}" ] && [ -s "$OUT/best_triton_fwd.txt" ];
   CRINGE_KERNELS_TRITON_FWD="$(tr -d '[:space:]' < "$OUT/best_triton_fwd.txt")"
   export CRINGE_KERNELS_TRITON_FWD
   echo "=== Triton forward configuration for the rest of the run: CRINGE_KERNELS_TRITON_FWD=$CRINGE_KERNELS_TRITON_FWD"
+fi
+if [ -z "${CRINGE_KERNELS_CUDA_FWD_GATE:-}" ] && [ -s "$OUT/best_cuda_gate.txt" ]; then
+  CRINGE_KERNELS_CUDA_FWD_GATE="$(tr -d '[:space:]' < "$OUT/best_cuda_gate.txt")"
+  export CRINGE_KERNELS_CUDA_FWD_GATE
+  echo "=== CUDA forward top-k gate for the rest of the run: CRINGE_KERNELS_CUDA_FWD_GATE=$CRINGE_KERNELS_CUDA_FWD_GATE"
 fi
 # The sweep starts no measurement after BENCH_BUDGET_S; +90 s for start-up,
 # the compile in flight when the budget runs out, and writing the results

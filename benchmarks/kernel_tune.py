@@ -6,7 +6,9 @@ launch parameters can be chosen from measurements:
 * Triton forward: ``BLOCK`` x ``num_warps`` x ``SUB``, and the same kernel
   with ``k = 0`` (the streaming ceiling: no top-k work);
 * Triton backward: ``BLOCK`` x ``num_warps``, out of place;
-* the CUDA forward and backward as built (for comparison), when ``_C_cuda`` is;
+* the CUDA forward with each top-k gate (``thread``, ``warp``) and the CUDA
+  backward, when ``_C_cuda`` is built; each forward's sampled columns and
+  log-sum-exp are compared with the Triton forward's;
 * a device-to-device copy of the logits (1 read + 1 write), the bandwidth
   ceiling every fraction is taken against.
 
@@ -44,6 +46,9 @@ def main() -> int:
     ap.add_argument("--csv", default=None)
     ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS,SUB' here "
                     "(the format of CRINGE_KERNELS_TRITON_FWD)")
+    ap.add_argument("--best-cuda-gate", default=None, help="write the faster CUDA forward gate ('thread' or "
+                    "'warp', the values of CRINGE_KERNELS_CUDA_FWD_GATE) here, when both ran and agreed with "
+                    "the Triton forward")
     args = ap.parse_args()
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if not torch.cuda.is_available() and not interpreting:
@@ -148,22 +153,28 @@ def main() -> int:
     if cb is not None and cb._C_cuda is not None and dev.type == "cuda":
         stream = torch.cuda.current_stream().cuda_stream
 
-        def cfwd():
+        def cfwd(gate):
             cb._C_cuda.forward(_native.DTYPE_CODES[dtype], x.data_ptr(), 1, N, V, x.stride(0), x.stride(1),
                                target.data_ptr(), u.data_ptr(), k, -100, lse.data_ptr(), tlog.data_ptr(),
-                               slog.data_ptr(), sidx.data_ptr(), 0, stream)
+                               slog.data_ptr(), sidx.data_ptr(), 0, stream, gate)
 
         def cbwd():
             cb._launch_backward(x, out, target, sidx, lse, *grads, -100)
 
+        for gate_name, gate in cb._GATES.items():
+            try:
+                record("cuda-fwd", f"gate={gate_name}", bench(lambda gate=gate: cfwd(gate)), N * V * es)
+                same = (sidx == fwd_ref).float().mean().item()
+                diff = (lse - lse_ref).abs().max().item()
+                rows[-1]["agrees"] = same > 0.999 and diff < 1e-3
+                print(f"cuda (gate={gate_name}) vs triton: sample_index agreement {same:.6f}, "
+                      f"max |lse difference| {diff:.3g}")
+            except Exception as err:
+                print(f"cuda-fwd gate={gate_name} failed: {type(err).__name__}: {err}")
         try:
-            record("cuda-fwd", "as built", bench(cfwd), N * V * es)
-            same = (sidx == fwd_ref).float().mean().item()
-            diff = (lse - lse_ref).abs().max().item()
-            print(f"cuda vs triton: sample_index agreement {same:.6f}, max |lse difference| {diff:.3g}")
             record("cuda-bwd", "as built", bench(cbwd), 2 * N * V * es)
         except Exception as err:
-            print(f"cuda timing failed: {type(err).__name__}: {err}")
+            print(f"cuda-bwd failed: {type(err).__name__}: {err}")
 
     print()
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter)"
@@ -183,6 +194,10 @@ def main() -> int:
     if args.best_fwd:
         with open(args.best_fwd, "w") as f:
             f.write("%d,%d,%d\n" % best_fwd["params"])
+    gates = [r for r in rows if r["kind"] == "cuda-fwd"]
+    if args.best_cuda_gate and len(gates) == 2 and all(r.get("agrees") for r in gates):
+        with open(args.best_cuda_gate, "w") as f:
+            f.write(min(gates, key=lambda r: r["ms"])["config"].split("=")[1] + "\n")
     return 0
 
 

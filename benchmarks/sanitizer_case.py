@@ -18,6 +18,7 @@ allocation and an overrun past one is reported rather than landing in the
 caching allocator's slack.
 """
 
+import os
 import sys
 
 import torch
@@ -47,9 +48,24 @@ def main() -> int:
         print("no CUDA device; nothing to check")
         return 0
     dev = "cuda" if backend == "cuda" else "cpu"
+    cases = edge_cases(backend, dev, quick="--quick" in sys.argv)
+    if backend == "cuda" and os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread") == "thread":
+        # The warp-shared top-k gate is a second forward kernel: its edges too.
+        os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "warp"
+        cases += edge_cases(backend, dev, quick=True)
+        os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "thread"
+    if "--large" in sys.argv:
+        cases += large_case(backend, dev)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    print(f"sanitizer_case: {cases} cases ran on {backend}")
+    return 0
+
+
+def edge_cases(backend: str, dev: str, quick: bool) -> int:
+    """Every dtype x vocabulary x k edge of the kernels' memory accesses."""
     g = torch.Generator(device=dev).manual_seed(0)
     fb = torch.tensor([[True], [False], [False]], device=dev)
-    quick = "--quick" in sys.argv
     dtypes = (torch.float32, torch.bfloat16) if quick else (torch.float32, torch.float64, torch.bfloat16, torch.float16)
     vocabs = (33, 4096) if quick else (2, 3, 7, 33, 1001, 4096)
     ks = (5, 64) if quick else (1, 5, 64, 100)
@@ -78,12 +94,7 @@ def main() -> int:
     empty = torch.randn(0, 4, 10, device=dev, requires_grad=True)
     ck.cringe_loss(empty, torch.zeros(0, 4, dtype=torch.long, device=dev),
                    torch.zeros(0, 1, dtype=torch.bool, device=dev), backend=backend).backward()
-    if "--large" in sys.argv:
-        cases += large_case(backend, dev)
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    print(f"sanitizer_case: {cases} cases ran on {backend}")
-    return 0
+    return cases
 
 
 if __name__ == "__main__":

@@ -190,3 +190,27 @@ def test_more_than_2_31_logits():
     want[ar, y[rows]] += gt[rows]
     want[ar, stats.sample_index[rows]] += gs[rows]
     torch.testing.assert_close(grad[0, rows].float(), want.to(torch.bfloat16).float(), rtol=1.6e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("V,k", [(33, 5), (4099, 17), (32000, 64), (128256, 5)])
+def test_warp_gate_matches_reference(dtype, V, k, monkeypatch):
+    """The warp-shared top-k gate (CRINGE_KERNELS_CUDA_FWD_GATE=warp) only skips
+    packs that cannot hold a candidate: the same samples and statistics."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "warp")
+    x = random_logits((2, 24, V), dtype, DEV, seed=V + k)
+    y = random_target((2, 24), V, DEV)
+    compare_binary(x, y, half_negative((2, 24), DEV), "cuda", k=k, ct_on_positives=True)
+    compare_ties("cuda", DEV, (1, 3, 17, 64))
+    x, target, u = nonfinite_rows(V, dtype, DEV)
+    got = backends.resolve("cuda", x).forward(x, target, u, 3, -100)
+    want = reference.row_stats(x, target, u, 3, -100)
+    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
+    assert torch.equal(got.sample_index, want.sample_index)
+
+
+def test_bad_gate_name_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
+    x = random_logits((1, 2, 10), torch.float32, DEV)
+    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
+        ck.cringe_loss(x, random_target((1, 2), 10, DEV), half_negative((1, 2), DEV), backend="cuda")

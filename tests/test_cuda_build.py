@@ -24,8 +24,11 @@ if find_cuda_home() is None:
 if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
     pytest.skip("CRINGE_KERNELS_SKIP_CUDA is set: _C_cuda was not built on purpose", allow_module_level=True)
 
-KERNELS = ("forward_kernel", "backward_kernel")
-DTYPES = 4  # float32, float64, float16, bfloat16
+# Kernel instantiations per architecture: the backward per dtype (float32,
+# float64, float16, bfloat16); the forward per dtype with the per-thread
+# top-k gate, and once more with the warp-shared gate for all but float64
+# (which walks column by column).
+KERNELS = {"forward_kernel": 7, "backward_kernel": 4}
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +79,9 @@ def test_every_kernel_in_report(module, report):
     rows = parse_report(report)
     archs = module.archs.split(",")
     for arch in archs:
-        for kernel in KERNELS:
+        for kernel, count in KERNELS.items():
             found = [r for r in rows if r["arch"] == arch and kernel in r["kernel"]]
-            assert len(found) == DTYPES, f"{kernel} for {arch}: {len(found)} entries in the ptxas report"
+            assert len(found) == count, f"{kernel} for {arch}: {len(found)} entries in the ptxas report"
 
 
 def test_no_register_spills(report):
@@ -94,6 +97,20 @@ def test_no_register_spills(report):
 def test_call_without_gpu_raises_cuda_error(module):
     with pytest.raises(RuntimeError, match="cuda"):
         module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0)
+
+
+def test_forward_gate_argument_is_checked(module, monkeypatch):
+    """An unknown top-k gate is refused before anything is launched, by name."""
+    with pytest.raises(ValueError, match="gate"):
+        module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0, 2)
+    from cringe_kernels.backends import cuda_backend
+
+    assert cuda_backend._forward_gate() == 0
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "warp")
+    assert cuda_backend._forward_gate() == 1
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
+    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
+        cuda_backend._forward_gate()
 
 
 def test_nvcc_present_means_backend_installed():

@@ -18,6 +18,7 @@ kernel computes ``lse`` and the target logit and the draw is made by
 (same rule, so the same column; slower and with ``[rows, V]`` temporaries).
 """
 
+import os
 from typing import Tuple
 
 import torch
@@ -43,6 +44,22 @@ def _archs() -> Tuple[int, ...]:
     return tuple(int(a.replace("sm_", "").rstrip("a")) for a in _C_cuda.archs.split(",") if a.startswith("sm_"))
 
 
+_GATES = {"thread": 0, "warp": 1}
+
+
+def _forward_gate() -> int:
+    """The forward's top-k gate (csrc/cuda/launch.h, ForwardGate).
+
+    ``CRINGE_KERNELS_CUDA_FWD_GATE=warp`` selects the warp-shared gate (same
+    results; fewer top-k insertions, not yet measured on a GPU); the default
+    is ``thread``.
+    """
+    name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread")
+    if name not in _GATES:
+        raise ValueError(f"CRINGE_KERNELS_CUDA_FWD_GATE must be one of {sorted(_GATES)}; got {name!r}")
+    return _GATES[name]
+
+
 def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
@@ -54,7 +71,7 @@ def _launch_forward(logits, target, uniform, k, ignore_index, out) -> None:
     _C_cuda.forward(
         _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
         target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
-        *(t.data_ptr() for t in out), logits.device.index, _stream(logits.device),
+        *(t.data_ptr() for t in out), logits.device.index, _stream(logits.device), _forward_gate(),
     )
     if kernel_k != k:
         _sample_large_k(logits, target, uniform, k, ignore_index, out)

@@ -46,15 +46,22 @@ PYBIND11_MODULE(_C_cuda, m) {
       [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
          std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
-         std::uintptr_t stream) {
+         std::uintptr_t stream, int gate) {
         const cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                        ignore_index, lse, target_logit, sample_logit,
                                                        sample_index);
+        if (gate != 0 && gate != 1) throw std::invalid_argument("gate must be 0 (thread) or 1 (warp)");
         check(cudaSetDevice(device), "cudaSetDevice");
-        check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream)), "forward launch");
+        check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream),
+                                           static_cast<cringe::cuda::ForwardGate>(gate)),
+              "forward launch");
       },
-      py::call_guard<py::gil_scoped_release>(),
-      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py.");
+      py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
+      py::arg("stride_t"), py::arg("target"), py::arg("uniform"), py::arg("k"), py::arg("ignore_index"),
+      py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
+      py::arg("stream"), py::arg("gate") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: 0 per-thread "
+      "top-k gate, 1 warp-shared (see csrc/cuda/launch.h).");
 
   m.def(
       "backward",

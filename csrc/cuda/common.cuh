@@ -113,6 +113,24 @@ __device__ __forceinline__ void walk_row(const S* row, int V, OnPack&& on_pack, 
 __device__ __forceinline__ float max_ignoring_nan(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double max_ignoring_nan(double a, double b) { return fmax(a, b); }
 
+// Order-preserving map of a float onto an int: a < b iff ordered_int(a) <
+// ordered_int(b), for every float but NaN, infinities included.
+__device__ __forceinline__ int ordered_int(float f) {
+  const int i = __float_as_int(f);
+  return i >= 0 ? i : i ^ 0x7fffffff;
+}
+
+// The largest v among the lanes of this warp that execute this call together
+// (one redux.sync on sm_80+; only the caller's own v before sm_80). Safe in
+// divergent code: lanes outside __activemask() are neither waited for nor read.
+__device__ __forceinline__ int active_lanes_max(int v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(__activemask(), v);
+#else
+  return v;
+#endif
+}
+
 template <class T>
 __device__ __forceinline__ T shfl_xor(T v, int mask) {
   return __shfl_xor_sync(0xffffffffu, v, mask);

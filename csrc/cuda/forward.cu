@@ -50,7 +50,7 @@ __device__ __forceinline__ void warp_lse(LseState<Acc>& st) {
   }
 }
 
-template <DType D>
+template <DType D, ForwardGate kGate>
 __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParams p, const int k_eff) {
   using Ty = Types<D>;
   using S = typename Ty::S;
@@ -145,7 +145,14 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
               for (int e = 0; e + w < kN; e += 2 * w) t[e] += t[e + w];
             }
             st.s += t[0];
-            if (k_eff > 0 && (pm > thr || tk.count < k_eff || st.s != st.s)) {
+            bool may_hold = pm > thr || tk.count < k_eff;
+            if constexpr (kGate == ForwardGate::kWarp) {
+              // Another lane's full list beats every column below its k-th
+              // key; a column equal to it may still win on column order, so
+              // only a pack strictly below the warp's best bound is skipped.
+              may_hold = may_hold && ordered_int(pm) >= active_lanes_max(ordered_int(thr));
+            }
+            if (k_eff > 0 && (may_hold || st.s != st.s)) {
 #pragma unroll
               for (int e = 0; e < kN; ++e) offer(col0 + e, x[e]);
             }
@@ -213,7 +220,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
 }
 
 template <DType D>
-cudaError_t launch(const ForwardParams& p, int k_eff, cudaStream_t stream) {
+cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStream_t stream) {
   using Acc = typename Types<D>::Acc;
   using S = typename Types<D>::S;
   const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
@@ -224,23 +231,31 @@ cudaError_t launch(const ForwardParams& p, int k_eff, cudaStream_t stream) {
   while (threads > 32 && threads / 2 >= packs) threads /= 2;
   const int64_t N = p.B * p.T;
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
-  forward_kernel<D><<<grid, threads, threads * per_thread, stream>>>(p, k_eff);
+  const size_t smem = threads * per_thread;
+  // float64 walks column by column (no pack gate): one variant is enough.
+  if constexpr (!std::is_same<Acc, double>::value) {
+    if (gate == ForwardGate::kWarp) {
+      forward_kernel<D, ForwardGate::kWarp><<<grid, threads, smem, stream>>>(p, k_eff);
+      return cudaGetLastError();
+    }
+  }
+  forward_kernel<D, ForwardGate::kThread><<<grid, threads, smem, stream>>>(p, k_eff);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream) {
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate) {
   if (p.B < 0 || p.T < 0 || p.V < 2 || p.V > kMaxV || p.k < 0) return cudaErrorInvalidValue;
   const int64_t k_eff = p.k < p.V - 1 ? p.k : p.V - 1;
   if (k_eff > kMaxK || (k_eff > 0 && p.uniform == nullptr)) return cudaErrorInvalidValue;
   if (p.B * p.T == 0) return cudaSuccess;
   const int k = static_cast<int>(k_eff);
   switch (p.dtype) {
-    case DType::kFloat32: return launch<DType::kFloat32>(p, k, stream);
-    case DType::kFloat64: return launch<DType::kFloat64>(p, k, stream);
-    case DType::kFloat16: return launch<DType::kFloat16>(p, k, stream);
-    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, stream);
+    case DType::kFloat32: return launch<DType::kFloat32>(p, k, gate, stream);
+    case DType::kFloat64: return launch<DType::kFloat64>(p, k, gate, stream);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, k, gate, stream);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, gate, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -21,7 +21,16 @@ constexpr int kMaxK = 64;
 // Largest V: columns are int32 inside a row (offsets of rows are int64).
 constexpr int64_t kMaxV = 2147483647 - 1;
 
-cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream);
+// How the forward decides that a 16-byte pack cannot hold a top-k candidate.
+// kThread: against the thread's own list (its k-th key). kWarp: also
+// against the best full-list threshold among the warp's active lanes (a
+// full list's k-th key is a lower bound for the whole row's top-k), which
+// cuts the insertions a row makes from ~threads * k(1 + ln(V/(threads*k)))
+// toward k(1 + ln(V/k)). Same result either way; kWarp awaits its first GPU
+// measurement (benchmarks/PERF_NOTES.md) before it becomes the default.
+enum class ForwardGate : int { kThread = 0, kWarp = 1 };
+
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate = ForwardGate::kThread);
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
 
 }  // namespace cuda
