@@ -22,17 +22,22 @@
 # per step). To publish a run: copy bench/*, tune.csv and gpu_check.log into
 # benchmarks/results/cuda-<gpu>/ and commit them.
 #
-# Per-step limits in seconds can be overridden: GPU_CHECK_BUILD_S,
-# GPU_CHECK_TUNE_S, GPU_CHECK_BENCH_S (measuring budget), GPU_CHECK_TEST_S,
-# GPU_CHECK_SANITIZER_S. The tune's faster CUDA forward gate (if both agree
-# with Triton) is likewise exported as CRINGE_KERNELS_CUDA_FWD_GATE.
-# GPU_CHECK_TESTS narrows the test paths (default
-# "tests"); GPU_CHECK_SANITIZER_QUICK=1 runs memcheck on the small cases only
-# (no N*V > 2^31 case, no racecheck). The tune's fastest Triton forward configuration is
-# exported as CRINGE_KERNELS_TRITON_FWD for the later steps unless already
-# set. Extra benchmark arguments: GPU_CHECK_BENCH_ARGS (for
-# example "--quick" or "--N 16384 --V 128256 --dtypes bf16"); GPU_CHECK_SKIP
-# names steps to leave out (e.g. "tune sanitizer").
+# Knobs (environment):
+#   GPU_CHECK_BUILD_S, GPU_CHECK_TUNE_S, GPU_CHECK_TEST_S, GPU_CHECK_SANITIZER_S
+#       per-step limits in seconds; GPU_CHECK_BENCH_S the benchmark's
+#       measuring budget.
+#   GPU_CHECK_BENCH_ARGS  benchmark arguments; without them it measures the
+#       issues' goal point (GOAL_POINT below) for every provider.
+#   GPU_CHECK_BASELINE_S  > 0 adds a step timing the compiled reference alone
+#       with that budget (it needs minutes to compile at the goal point).
+#   GPU_CHECK_TESTS       test paths (default "tests").
+#   GPU_CHECK_SANITIZER_QUICK=1  memcheck on the small cases only (no
+#       N*V > 2^31 case, no racecheck).
+#   GPU_CHECK_SKIP        steps to leave out, e.g. "tune sanitizer".
+# After the tune, its fastest Triton forward configuration and (when both
+# agree with Triton) its faster CUDA forward gate are exported as
+# CRINGE_KERNELS_TRITON_FWD / CRINGE_KERNELS_CUDA_FWD_GATE for the later
+# steps, unless already set, so the benchmark shows what to commit as default.
 
 set -u -o pipefail
 
@@ -179,15 +184,28 @@ sanitizer() {
   return $rc
 }
 
+# The default measures the issues' goal point (bf16, 16384 tokens, Llama 3's
+# 128256 vocabulary, forward + backward) for every provider; the preset
+# sweeps (--quick, the default, --full) need far more than one lease.
+GOAL_POINT="--N 16384 --V 128256 --dtypes bf16 --losses binary --modes full --compile-at all"
+
 bench() {
   # shellcheck disable=SC2086
   "$PY" -m cringe_kernels.bench --device cuda --out "$OUT/bench" --time-budget "$BENCH_BUDGET_S" \
-    ${GPU_CHECK_BENCH_ARGS:-}
+    --no-progress ${GPU_CHECK_BENCH_ARGS:-$GOAL_POINT}
+}
+
+# torch.compile of the reference alone, with its own budget: at the goal
+# point its compile and first call outran what the shared budget left it.
+baseline() {
+  # shellcheck disable=SC2086
+  "$PY" -m cringe_kernels.bench --device cuda --out "$OUT/baseline" --time-budget "$BASELINE_S" \
+    --no-progress --providers reference-compiled ${GPU_CHECK_BENCH_ARGS:-$GOAL_POINT}
 }
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
 export OUT PY
-export -f environment build info tune tests sanitizer bench
+export -f environment build info tune tests sanitizer bench baseline
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
 step build "$BUILD_S" bash -o pipefail -c build
@@ -211,6 +229,11 @@ fi
 # (SIGTERM still writes them).
 export BENCH_BUDGET_S
 step bench $(( BENCH_BUDGET_S + 90 )) bash -o pipefail -c bench
+BASELINE_S="${GPU_CHECK_BASELINE_S:-0}"
+export BASELINE_S GOAL_POINT
+if [ "$BASELINE_S" -gt 0 ]; then
+  step baseline $(( BASELINE_S + 60 )) bash -o pipefail -c baseline
+fi
 step tests "$TEST_S" bash -o pipefail -c tests
 step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
 echo
