@@ -150,7 +150,9 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
               // Another lane's full list beats every column below its k-th
               // key; a column equal to it may still win on column order, so
               // only a pack strictly below the warp's best bound is skipped.
-              may_hold = may_hold && ordered_int(pm) >= active_lanes_max(ordered_int(thr));
+              // (Every active lane takes part, before any lane branches.)
+              const int bound = active_lanes_max(ordered_int(thr));
+              may_hold = may_hold && ordered_int(pm) >= bound;
             }
             if (k_eff > 0 && (may_hold || st.s != st.s)) {
 #pragma unroll
