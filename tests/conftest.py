@@ -16,6 +16,12 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# backend="cuda_sim" (an internal name, like "torch"): the CUDA kernels on the
+# CPU (tests/cuda_sim.py), imported and built on first use, not here.
+from cringe_kernels import backends  # noqa: E402
+
+backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
+
 # Property tests: a fixed set of examples in CI (CI=true), so a submission
 # passes or fails deterministically; fresh random examples on a developer's
 # run; HYPOTHESIS_PROFILE=thorough for a long hunt.

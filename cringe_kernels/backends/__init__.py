@@ -19,7 +19,8 @@ REFERENCE = "reference"
 PUBLIC_BACKENDS = (REFERENCE, "triton", "cuda", "cpu")
 
 # name -> (module, class). "torch" is internal: the primitive in PyTorch,
-# used to test the autograd plumbing; it is accepted but not advertised.
+# used to test the autograd plumbing; it is accepted but not advertised. The
+# tests add "cuda_sim" here (tests/cuda_sim.py: the CUDA kernels on the CPU).
 _KERNEL_BACKENDS = {
     "triton": ("cringe_kernels.backends.triton_backend", "TritonRowStats"),
     "cuda": ("cringe_kernels.backends.cuda_backend", "CudaRowStats"),
@@ -122,7 +123,7 @@ def resolve(name: str, logits: torch.Tensor) -> Union[str, RowStatsBackend]:
     BackendUnavailableError
         For a known backend that cannot run on these logits, saying why.
     """
-    if not isinstance(name, str) or (name not in PUBLIC_BACKENDS and name not in ("auto", "torch")):
+    if not isinstance(name, str) or (name not in PUBLIC_BACKENDS and name != "auto" and name not in _KERNEL_BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, PUBLIC_BACKENDS))}; got {name!r}")
     if name == REFERENCE:
         return REFERENCE

@@ -119,6 +119,7 @@ def define_row_stats_ops(
     launch_forward: Callable[..., None],
     launch_backward: Callable[..., None],
     device_guard: Callable[[torch.device], ContextManager] = _no_guard,
+    name: Optional[str] = None,
 ) -> RowStatsOps:
     """Register ``cringe_kernels::<device_type>_row_stats[_backward[_]]`` and their fakes.
 
@@ -129,8 +130,8 @@ def define_row_stats_ops(
     Parameters
     ----------
     device_type : str
-        ``"cpu"`` or ``"cuda"``: the prefix of the op names, the ops'
-        ``device_types`` and the device type the checks require.
+        ``"cpu"`` or ``"cuda"``: the ops' ``device_types``, the device type
+        the checks require and, unless ``name`` is given, the op names' prefix.
     launch_forward : callable
         ``launch_forward(logits, target, uniform, k, ignore_index, out)``
         fills ``out = (lse, target_logit, sample_logit, sample_index)``.
@@ -141,12 +142,16 @@ def define_row_stats_ops(
     device_guard : callable, optional
         ``device_guard(logits.device)``: the context manager that allocation
         and launch run under (e.g. ``torch.cuda.device``); none by default.
+    name : str, optional
+        Prefix of the op names when it is not ``device_type`` (the tests run
+        the CUDA kernels on CPU tensors under a simulator as ``cuda_sim``).
 
     Returns
     -------
     RowStatsOps
     """
-    prefix = f"cringe_kernels::{device_type}_row_stats"
+    name = name or device_type
+    prefix = f"cringe_kernels::{name}_row_stats"
 
     @torch.library.custom_op(prefix, mutates_args=(), device_types=device_type)
     def row_stats(
@@ -202,7 +207,7 @@ def define_row_stats_ops(
         return None
 
     namespace = torch.ops.cringe_kernels
-    return RowStatsOps(*(getattr(namespace, f"{device_type}_row_stats{suffix}")
+    return RowStatsOps(*(getattr(namespace, f"{name}_row_stats{suffix}")
                          for suffix in ("", "_backward", "_backward_")))
 
 

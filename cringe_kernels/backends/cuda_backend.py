@@ -19,7 +19,7 @@ kernel computes ``lse`` and the target logit and the draw is made by
 """
 
 import os
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 
@@ -64,21 +64,48 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _launch_forward(logits, target, uniform, k, ignore_index, out) -> None:
-    B, T, V = logits.shape
-    k_eff = min(k, V - 1)
-    kernel_k = k if k_eff <= MAX_K else 0
-    _C_cuda.forward(
-        _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
-        target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
-        *(t.data_ptr() for t in out), logits.device.index, _stream(logits.device), _forward_gate(),
-    )
-    if kernel_k != k:
-        _sample_large_k(logits, target, uniform, k, ignore_index, out)
+def launchers(module, stream_of: Callable[[torch.device], int]):
+    """The forward and backward launches of :func:`_native.define_row_stats_ops` over ``module``.
+
+    Parameters
+    ----------
+    module
+        ``_C_cuda``, or the same binding built for the tests' SIMT simulator
+        (tests/cuda_sim.py), which runs these kernels on CPU tensors.
+    stream_of : callable
+        ``stream_of(device)``: the stream handle (an int) to launch on.
+
+    Returns
+    -------
+    (launch_forward, launch_backward)
+    """
+    max_k = module.max_k
+
+    def launch_forward(logits, target, uniform, k, ignore_index, out) -> None:
+        B, T, V = logits.shape
+        kernel_k = k if min(k, V - 1) <= max_k else 0
+        module.forward(
+            _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
+            target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
+            *(t.data_ptr() for t in out), logits.device.index or 0, stream_of(logits.device), _forward_gate(),
+        )
+        if kernel_k != k:
+            _sample_large_k(logits, target, uniform, k, ignore_index, out)
+
+    def launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+        B, T, V = logits.shape
+        module.backward(
+            _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
+            target.data_ptr(), sample_index.data_ptr(), lse.data_ptr(), grad_lse.data_ptr(),
+            grad_target.data_ptr(), grad_sample.data_ptr(), ignore_index, grad.data_ptr(), grad.stride(0),
+            grad.stride(1), logits.device.index or 0, stream_of(logits.device),
+        )
+
+    return launch_forward, launch_backward
 
 
 def _sample_large_k(logits, target, uniform, k, ignore_index, out) -> None:
-    """Draw for ``k_eff > MAX_K`` with the reference's rule (rows with a target in range)."""
+    """Draw for ``k_eff > max_k`` with the reference's rule (rows with a target in range)."""
     V = logits.shape[-1]
     rows = logits.reshape(-1, V)
     keep = ((target != ignore_index) & (target >= 0) & (target < V)).nonzero().squeeze(1)
@@ -90,17 +117,14 @@ def _sample_large_k(logits, target, uniform, k, ignore_index, out) -> None:
     out[2].index_copy_(0, keep, x.gather(1, s[:, None]).squeeze(1))
 
 
-def _launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
-    B, T, V = logits.shape
-    _C_cuda.backward(
-        _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
-        target.data_ptr(), sample_index.data_ptr(), lse.data_ptr(), grad_lse.data_ptr(),
-        grad_target.data_ptr(), grad_sample.data_ptr(), ignore_index, grad.data_ptr(), grad.stride(0),
-        grad.stride(1), logits.device.index, _stream(logits.device),
-    )
-
-
 # Allocation and launches run on the logits' device, whatever the current one.
+if _C_cuda is not None:
+    _launch_forward, _launch_backward = launchers(_C_cuda, _stream)
+else:  # the ops exist either way; status() says why they cannot run
+    def _launch_forward(*args):
+        raise RuntimeError(_IMPORT_ERROR)
+
+    _launch_backward = _launch_forward
 OPS = _native.define_row_stats_ops("cuda", _launch_forward, _launch_backward, device_guard=torch.cuda.device)
 
 

@@ -91,7 +91,7 @@ cudaError_t launch(const BackwardParams& p, cudaStream_t stream) {
   while (threads > 32 && threads / 2 >= packs) threads /= 2;
   const int64_t N = p.B * p.T;
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
-  backward_kernel<D><<<grid, threads, 0, stream>>>(p);
+  CRINGE_LAUNCH(grid, threads, 0, stream, backward_kernel<D>)(p);
   return cudaGetLastError();
 }
 

@@ -12,6 +12,16 @@
 #include "cringe/macros.h"
 #include "cringe/row_math.h"
 
+// How a kernel is launched and finds its dynamic shared memory. The tests
+// compile these sources for the CPU as well (tests/simt: a SIMT simulator
+// that defines CRINGE_SIMT_HOST and both macros); nvcc uses the CUDA forms.
+#ifndef CRINGE_SIMT_HOST
+// CRINGE_LAUNCH(grid, block, smem, stream, kernel)(args...); the kernel comes
+// last because a template-id may hold commas.
+#define CRINGE_LAUNCH(grid, block, smem_bytes, stream, ...) __VA_ARGS__<<<grid, block, smem_bytes, stream>>>
+#define CRINGE_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace cringe {
 namespace cuda {
 
@@ -58,9 +68,15 @@ struct FastExp {
 // changes the sum by less than one part in 10^38. (__expf adds denormal
 // handling: six instructions.) `neg_shift_log2e` is -shift * log2(e).
 __device__ __forceinline__ float exp_shifted_ftz(float x, float neg_shift_log2e) {
+  const float e = fmaf(x, 1.4426950408889634f, neg_shift_log2e);
+#if defined(__CUDA_ARCH__)
   float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fmaf(x, 1.4426950408889634f, neg_shift_log2e)));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(e));
   return y;
+#else
+  const float y = exp2f(e);
+  return y < 1.17549435e-38f ? 0.0f : y;  // flush subnormal results, like .ftz
+#endif
 }
 
 // 16-byte packs loaded per thread before use (memory-level parallelism).

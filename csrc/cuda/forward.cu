@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  CRINGE_DYNAMIC_SHARED(smem);
   Acc* list_keys = reinterpret_cast<Acc*>(smem);
   int* list_cols = reinterpret_cast<int*>(list_keys + static_cast<size_t>(k_eff) * blockDim.x);
   __shared__ Acc cand_keys[kMaxK];
@@ -237,11 +237,11 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStre
   // float64 walks column by column (no pack gate): one variant is enough.
   if constexpr (!std::is_same<Acc, double>::value) {
     if (gate == ForwardGate::kWarp) {
-      forward_kernel<D, ForwardGate::kWarp><<<grid, threads, smem, stream>>>(p, k_eff);
+      CRINGE_LAUNCH(grid, threads, smem, stream, forward_kernel<D, ForwardGate::kWarp>)(p, k_eff);
       return cudaGetLastError();
     }
   }
-  forward_kernel<D, ForwardGate::kThread><<<grid, threads, smem, stream>>>(p, k_eff);
+  CRINGE_LAUNCH(grid, threads, smem, stream, forward_kernel<D, ForwardGate::kThread>)(p, k_eff);
   return cudaGetLastError();
 }
 

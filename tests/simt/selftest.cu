@@ -1,0 +1,91 @@
+// Kernels that show what the SIMT simulator checks (tests/test_simt.py): a
+// correct block reduction, a warp shuffle with a segment width, and the
+// mistakes it must report instead of computing something: warp operations
+// in divergent code, a deadlock between a warp operation and a barrier,
+// uninitialised shared memory, and launch configurations the hardware
+// refuses. Compiled only for the simulator (CRINGE_SIMT_HOST).
+#include <cmath>
+#include <cstdio>
+#include <exception>
+
+namespace {
+
+constexpr int kBlock = 128;
+
+// Sum of `in` per block, written to out[blockIdx.x]: shuffles within each
+// warp, one shared step across the warps.
+__global__ void block_sum(const float* in, float* out, int n) {
+  __shared__ float partial[kBlock / 32];
+  float v = 0.f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) v += in[blockIdx.x * n + j];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) s += partial[w];
+    out[blockIdx.x] = s;
+  }
+}
+
+// out[t] = lane of the value received with xor 1 inside 16-lane segments;
+// xor 16 leaves the segment, so each lane keeps its own value.
+__global__ void shuffle_width(float* out) {
+  const int lane = threadIdx.x % 32;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<float>(lane), 1, 16) +
+                     100.f * __shfl_xor_sync(0xffffffffu, static_cast<float>(lane), 16, 16);
+}
+
+// Half the warp shuffles while the other half takes a ballot.
+__global__ void divergent_warp_ops(float* out) {
+  const int lane = threadIdx.x % 32;
+  if (lane < 16) {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
+  } else {
+    out[threadIdx.x] = static_cast<float>(__ballot_sync(0xffffffffu, 1));
+  }
+}
+
+// Lanes 0-15 wait in a shuffle for lanes 16-31, which wait at the block
+// barrier for lanes 0-15: a hang on the hardware.
+__global__ void shuffle_barrier_deadlock(float* out) {
+  const int lane = threadIdx.x % 32;
+  float v = 1.f;
+  if (lane < 16) v = __shfl_xor_sync(0xffffffffu, v, 16);
+  __syncthreads();
+  if (lane >= 16) v = __shfl_xor_sync(0xffffffffu, v, 16);
+  out[threadIdx.x] = v;
+}
+
+// Reads dynamic shared memory that nothing wrote.
+__global__ void read_uninitialised_shared(float* out) {
+  CRINGE_DYNAMIC_SHARED(smem);
+  out[threadIdx.x] = reinterpret_cast<const float*>(smem)[threadIdx.x];
+}
+
+__global__ void noop(float*) {}
+
+}  // namespace
+
+// Runs self-test `which` and returns the cudaError_t of the launch; a
+// failure the simulator reports (deadlock, divergence) returns -1 with its
+// message in msg.
+extern "C" __attribute__((visibility("default"))) int simt_selftest(int which, float* in, float* out, char* msg,
+                                                                     int cap) {
+  try {
+    switch (which) {
+      case 0: CRINGE_LAUNCH(3, kBlock, 0, 0, block_sum)(in, out, 1000); break;
+      case 1: CRINGE_LAUNCH(1, 32, 0, 0, shuffle_width)(out); break;
+      case 2: CRINGE_LAUNCH(1, 64, 0, 0, divergent_warp_ops)(out); break;
+      case 3: CRINGE_LAUNCH(1, 64, 0, 0, shuffle_barrier_deadlock)(out); break;
+      case 4: CRINGE_LAUNCH(1, 64, 64 * sizeof(float), 0, read_uninitialised_shared)(out); break;
+      case 5: CRINGE_LAUNCH(1, 2048, 0, 0, noop)(out); break;
+      case 6: CRINGE_LAUNCH(1, 64, 64 * 1024, 0, noop)(out); break;
+      default: return -2;
+    }
+  } catch (const std::exception& e) {
+    std::snprintf(msg, cap, "%s", e.what());
+    return -1;
+  }
+  return static_cast<int>(cudaGetLastError());
+}

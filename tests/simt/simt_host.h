@@ -1,0 +1,137 @@
+// The CUDA execution model on the CPU, for testing csrc/cuda without a GPU.
+//
+// Force-included (g++ -include) before each .cu file, which is then compiled
+// as C++ with CRINGE_SIMT_HOST defined: the kernels, launchers and binding
+// are the shipped sources; only the hardware and the CUDA runtime are
+// replaced. Every CUDA thread runs as a fiber (simt_runtime.cpp); a block's
+// fibers are scheduled cooperatively, one block at a time, so
+//   * __syncthreads() waits for every live thread of the block,
+//   * warp shuffles wait for every lane of the warp and exchange values,
+//   * a thread that waits where its block or warp never arrives (a barrier
+//     in divergent code, lanes at different warp operations) is reported as
+//     a std::runtime_error instead of a hang,
+//   * __shared__ arrays are shared by the threads of the running block, and
+//     dynamic shared memory is filled with NaN bytes before every block, so a
+//     read before write shows up in the results,
+//   * launches are checked like the hardware checks them (block size, grid,
+//     dynamic shared memory without opt-in).
+// Not modelled: timing, memory ordering between blocks (blocks run one after
+// another), and __activemask() (a lane sees only itself, as the kernels' own
+// pre-sm_80 path does). Only one-dimensional blocks and grids.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+
+namespace simt {
+
+struct ThreadContext {
+  dim3 thread_idx, block_idx, block_dim, grid_dim;
+};
+
+// The simulated thread running now (set by the scheduler).
+extern thread_local const ThreadContext* current;
+
+// Dynamic shared memory of the running block.
+unsigned char* dynamic_shared();
+
+// __syncthreads().
+void sync_block();
+
+// Waits until every lane of the caller's warp has called this with the same
+// `op` and `mask`, then copies all lanes' `mine` into `all` (indexed by lane).
+void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32]);
+
+// Runs `body` as every thread of a grid, checking the configuration first;
+// the result is what cudaGetLastError() returns next.
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body);
+
+template <class... P>
+struct Launch {
+  dim3 grid, block;
+  size_t smem;
+  void (*kernel)(P...);
+
+  template <class... A>
+  void operator()(A&&... args) const {
+    std::tuple<P...> bound(std::forward<A>(args)...);  // copied once, like kernel parameters
+    launch(grid, block, smem, [&] { std::apply(kernel, bound); });
+  }
+};
+
+template <class... P>
+Launch<P...> configure(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...)) {
+  return {grid, block, smem, kernel};
+}
+
+template <class T>
+uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "warp operations move at most 8 bytes");
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+
+template <class T>
+T from_bits(uint64_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+
+}  // namespace simt
+
+// ---- CUDA keywords and built-in variables -----------------------------------
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#define __global__
+#define __device__
+#define __host__
+// One copy per OS thread that runs simulated blocks, shared by the block's fibers.
+#define __shared__ static thread_local
+#define __launch_bounds__(...)
+
+#define threadIdx (::simt::current->thread_idx)
+#define blockIdx (::simt::current->block_idx)
+#define blockDim (::simt::current->block_dim)
+#define gridDim (::simt::current->grid_dim)
+
+#define CRINGE_DYNAMIC_SHARED(name) unsigned char* const name = ::simt::dynamic_shared()
+#define CRINGE_LAUNCH(grid, block, smem_bytes, stream, ...) ::simt::configure(grid, block, smem_bytes, &__VA_ARGS__)
+
+// ---- Device intrinsics the kernels use ---------------------------------------
+inline void __syncthreads() { ::simt::sync_block(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  uint64_t all[32];
+  ::simt::warp_gather(::simt::to_bits(v), mask, "__shfl_xor_sync", all);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  // Like the hardware: a source lane outside the caller's width-segment
+  // returns the caller's own value.
+  const int src = lane ^ lane_mask;
+  return (src / width == lane / width) ? ::simt::from_bits<T>(all[src]) : v;
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  uint64_t all[32];
+  ::simt::warp_gather(predicate != 0, mask, "__ballot_sync", all);
+  unsigned bits = 0;
+  for (int l = 0; l < 32; ++l) bits |= (all[l] != 0 && ((mask >> l) & 1u)) ? (1u << l) : 0u;
+  return bits;
+}
+
+inline float __expf(float x) { return std::exp(x); }
+inline int __float_as_int(float f) { return ::simt::from_bits<int>(::simt::to_bits(f)); }
+inline float __int_as_float(int i) { return ::simt::from_bits<float>(::simt::to_bits(i)); }
+inline float __uint_as_float(unsigned u) { return ::simt::from_bits<float>(::simt::to_bits(u)); }

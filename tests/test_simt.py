@@ -1,0 +1,76 @@
+"""The SIMT simulator that runs the CUDA kernels on the CPU (tests/simt).
+
+test_cuda_backend.py trusts it to execute the kernels as a GPU would, so it
+must compute a correct block reduction and a segmented shuffle right, and
+must report, not paper over, what would hang or misbehave on the hardware:
+warp operations in divergent code, a shuffle waiting on a barrier, reads
+of uninitialised shared memory, and launches the hardware refuses.
+"""
+
+import ctypes
+
+import numpy as np
+import pytest
+
+cuda_sim = pytest.importorskip("cuda_sim")
+
+# cudaError_t values (driver_types.h).
+CUDA_SUCCESS, CUDA_INVALID_VALUE, CUDA_INVALID_CONFIGURATION = 0, 1, 9
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    try:
+        lib = ctypes.CDLL(cuda_sim.build("selftest"))
+    except RuntimeError as err:
+        if cuda_sim.MODULE is None:
+            pytest.skip(str(err))
+        raise
+    fn = lib.simt_selftest
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def run(which, out_size=64, inp=None):
+        out = np.zeros(out_size, dtype=np.float32)
+        msg = ctypes.create_string_buffer(1024)
+        rc = fn(which, None if inp is None else inp.ctypes.data, out.ctypes.data, msg, len(msg))
+        return rc, out, msg.value.decode()
+
+    return run
+
+
+def test_block_reduction(selftest):
+    x = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    rc, out, msg = selftest(0, inp=x)
+    assert rc == CUDA_SUCCESS, msg
+    np.testing.assert_allclose(out[:3], x.sum(1), rtol=1e-5, atol=1e-4)
+
+
+def test_shuffle_width_keeps_segments(selftest):
+    rc, out, msg = selftest(1, out_size=32)
+    assert rc == CUDA_SUCCESS, msg
+    lane = np.arange(32)
+    np.testing.assert_array_equal(out, (lane ^ 1) + 100 * lane)
+
+
+def test_divergent_warp_operations_are_reported(selftest):
+    rc, _, msg = selftest(2)
+    assert rc == -1 and "divergent warp operations" in msg
+
+
+def test_shuffle_waiting_on_a_barrier_is_a_deadlock(selftest):
+    rc, _, msg = selftest(3)
+    assert rc == -1 and "deadlock" in msg and "__shfl_xor_sync" in msg and "__syncthreads" in msg
+
+
+def test_uninitialised_dynamic_shared_memory_reads_nan(selftest):
+    rc, out, msg = selftest(4)
+    assert rc == CUDA_SUCCESS, msg
+    assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("which,err", [(5, CUDA_INVALID_CONFIGURATION), (6, CUDA_INVALID_VALUE)])
+def test_launches_the_hardware_refuses_fail(selftest, which, err):
+    # 2048 threads per block; 64 KiB of dynamic shared memory without opt-in.
+    rc, out, _ = selftest(which)
+    assert rc == err and not out.any()
