@@ -6,7 +6,7 @@ launch parameters can be chosen from measurements:
 * Triton forward: ``BLOCK`` x ``num_warps`` x ``SUB``, and the same kernel
   with ``k = 0`` (the streaming ceiling: no top-k work);
 * Triton backward: ``BLOCK`` x ``num_warps``, out of place;
-* the CUDA forward with each top-k gate (``thread``, ``warp``) and the CUDA
+* the CUDA forward with each top-k gate (``thread``, ``warp``, ``row``) and the CUDA
   backward, when ``_C_cuda`` is built; each forward's sampled columns and
   log-sum-exp are compared with the Triton forward's;
 * a device-to-device copy of the logits (1 read + 1 write), the bandwidth
@@ -46,8 +46,8 @@ def main() -> int:
     ap.add_argument("--csv", default=None)
     ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS,SUB' here "
                     "(the format of CRINGE_KERNELS_TRITON_FWD)")
-    ap.add_argument("--best-cuda-gate", default=None, help="write the faster CUDA forward gate ('thread' or "
-                    "'warp', the values of CRINGE_KERNELS_CUDA_FWD_GATE) here, when both ran and agreed with "
+    ap.add_argument("--best-cuda-gate", default=None, help="write the fastest CUDA forward gate ('thread', "
+                    "'warp' or 'row', the values of CRINGE_KERNELS_CUDA_FWD_GATE) here, when all ran and agreed with "
                     "the Triton forward")
     args = ap.parse_args()
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
@@ -195,7 +195,7 @@ def main() -> int:
         with open(args.best_fwd, "w") as f:
             f.write("%d,%d,%d\n" % best_fwd["params"])
     gates = [r for r in rows if r["kind"] == "cuda-fwd"]
-    if args.best_cuda_gate and len(gates) == 2 and all(r.get("agrees") for r in gates):
+    if args.best_cuda_gate and gates and len(gates) == len(cb._GATES) and all(r.get("agrees") for r in gates):
         with open(args.best_cuda_gate, "w") as f:
             f.write(min(gates, key=lambda r: r["ms"])["config"].split("=")[1] + "\n")
     return 0

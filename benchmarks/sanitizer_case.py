@@ -50,9 +50,10 @@ def main() -> int:
     dev = "cuda" if backend == "cuda" else "cpu"
     cases = edge_cases(backend, dev, quick="--quick" in sys.argv)
     if backend == "cuda" and os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread") == "thread":
-        # The warp-shared top-k gate is a second forward kernel: its edges too.
-        os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "warp"
-        cases += edge_cases(backend, dev, quick=True)
+        # The other top-k strategies are other forward kernels: their edges too.
+        for gate in ("warp", "row"):
+            os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = gate
+            cases += edge_cases(backend, dev, quick=True)
         os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "thread"
     if "--large" in sys.argv:
         cases += large_case(backend, dev)

@@ -184,3 +184,26 @@ def nonfinite_rows(V, dtype=torch.float32, device="cpu"):
     x[0, 3, 6] = float("inf")
     target = torch.tensor([1, 2, 1, 2, 1])
     return x.to(device), target.to(device), torch.rand(5, generator=g).to(device)
+
+
+def adversarial_topk_rows(V, dtype=torch.float32, device="cpu"):
+    """Rows that defeat a streaming top-k's shortcuts, with targets and uniforms.
+
+    Row 0: all equal (every column ties, the column order decides); row 1:
+    ascending (each column beats every earlier one, so a threshold must keep
+    rising); row 2: descending; row 3: three distinct values in a repeating
+    pattern (ties at the threshold); row 4: the best columns at the very end,
+    and the target is the row's maximum; row 5: the best columns at the start.
+    """
+    g = torch.Generator().manual_seed(V + 1)
+    ramp = torch.linspace(-4.0, 4.0, V, dtype=torch.float64)
+    x = torch.randn(1, 6, V, generator=g, dtype=torch.float64)
+    x[0, 0] = 0.5
+    x[0, 1] = ramp
+    x[0, 2] = ramp.flip(0)
+    x[0, 3] = (torch.arange(V) % 3).double()
+    x[0, 4, -8:] += 20.0
+    x[0, 5, :8] += 20.0
+    target = torch.tensor([V // 2, V - 1, 0, 1, V - 3, V - 1])
+    x[0, 4, V - 3] = 40.0
+    return x.to(dtype).to(device), target.to(device), torch.rand(6, generator=g).to(device)

@@ -16,7 +16,7 @@ import torch
 
 import cringe_kernels as ck
 from cringe_kernels import backends, reference
-from kernel_checks import (check_nan_rows, nonfinite_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
+from kernel_checks import (adversarial_topk_rows, check_nan_rows, nonfinite_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
                            random_logits, random_target, run_binary)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -210,12 +210,16 @@ def test_more_than_2_31_logits():
     torch.testing.assert_close(grad[0, rows].float(), want.to(torch.bfloat16).float(), rtol=1.6e-2, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+GATES = ["thread", "warp", "row"]
+
+
+@pytest.mark.parametrize("gate", ["warp", "row"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("V,k", [(33, 5), (4099, 17), (32000, 64), (128256, 5)])
-def test_warp_gate_matches_reference(kern, dtype, V, k, monkeypatch):
-    """The warp-shared top-k gate (CRINGE_KERNELS_CUDA_FWD_GATE=warp) only skips
-    packs that cannot hold a candidate: the same samples and statistics."""
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "warp")
+def test_gates_match_reference(kern, gate, dtype, V, k, monkeypatch):
+    """The other top-k strategies (CRINGE_KERNELS_CUDA_FWD_GATE, csrc/cuda/launch.h)
+    only skip columns that cannot be candidates: the same samples and statistics."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
     x = random_logits((2, 24, V), dtype, kern.dev, seed=V + k)
     y = random_target((2, 24), V, kern.dev)
     compare_binary(x, y, half_negative((2, 24), kern.dev), kern.name, k=k, ct_on_positives=True)
@@ -224,6 +228,24 @@ def test_warp_gate_matches_reference(kern, dtype, V, k, monkeypatch):
     got = backends.resolve(kern.name, x).forward(x, target, u, 3, -100)
     want = reference.row_stats(x, target, u, 3, -100)
     torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
+    assert torch.equal(got.sample_index, want.sample_index)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [7, 300, 9000, 70001])
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_gates_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
+    # Ties everywhere, ascending and descending rows, ties at the threshold,
+    # candidates only at the end or the start: the row gate's buffer
+    # overflows and its threshold rises every round; the lists see their
+    # worst cases too.
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
+    x, target, u = adversarial_topk_rows(V, dtype, kern.dev)
+    got = backends.resolve(kern.name, x).forward(x, target, u, k, -100)
+    want = reference.row_stats(x, target, u, k, -100)
+    torch.testing.assert_close(got.lse, want.lse, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(got.sample_logit, want.sample_logit, rtol=0, atol=0)
     assert torch.equal(got.sample_index, want.sample_index)
 
 

@@ -28,7 +28,7 @@ if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
 # float64, float16, bfloat16); the forward per dtype with the per-thread
 # top-k gate, and once more with the warp-shared gate for all but float64
 # (which walks column by column).
-KERNELS = {"forward_kernel": 7, "backward_kernel": 4}
+KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 4, "backward_kernel": 4}
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +102,14 @@ def test_call_without_gpu_raises_cuda_error(module):
 def test_forward_gate_argument_is_checked(module, monkeypatch):
     """An unknown top-k gate is refused before anything is launched, by name."""
     with pytest.raises(ValueError, match="gate"):
-        module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0, 2)
+        module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0, 3)
     from cringe_kernels.backends import cuda_backend
 
     assert cuda_backend._forward_gate() == 0
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "warp")
     assert cuda_backend._forward_gate() == 1
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
+    assert cuda_backend._forward_gate() == 2
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
     with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
         cuda_backend._forward_gate()

@@ -44,15 +44,17 @@ def _archs() -> Tuple[int, ...]:
     return tuple(int(a.replace("sm_", "").rstrip("a")) for a in _C_cuda.archs.split(",") if a.startswith("sm_"))
 
 
-_GATES = {"thread": 0, "warp": 1}
+_GATES = {"thread": 0, "warp": 1, "row": 2}
 
 
 def _forward_gate() -> int:
-    """The forward's top-k gate (csrc/cuda/launch.h, ForwardGate).
+    """The forward's top-k strategy (csrc/cuda/launch.h, ForwardGate).
 
-    ``CRINGE_KERNELS_CUDA_FWD_GATE=warp`` selects the warp-shared gate (same
-    results; fewer top-k insertions, not yet measured on a GPU); the default
-    is ``thread``.
+    ``CRINGE_KERNELS_CUDA_FWD_GATE``: ``thread`` (per-thread lists, the
+    default), ``warp`` (the lists with a warp-shared gate) or ``row`` (one
+    row-wide threshold and a shared candidate buffer). All give the same
+    results; ``warp`` and ``row`` make fewer top-k insertions and await
+    their first GPU measurement (benchmarks/PERF_NOTES.md).
     """
     name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread")
     if name not in _GATES:

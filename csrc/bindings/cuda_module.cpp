@@ -50,7 +50,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         const cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                        ignore_index, lse, target_logit, sample_logit,
                                                        sample_index);
-        if (gate != 0 && gate != 1) throw std::invalid_argument("gate must be 0 (thread) or 1 (warp)");
+        if (gate < 0 || gate > 2) throw std::invalid_argument("gate must be 0 (thread), 1 (warp) or 2 (row)");
         check(cudaSetDevice(device), "cudaSetDevice");
         check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream),
                                            static_cast<cringe::cuda::ForwardGate>(gate)),
@@ -60,8 +60,8 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("stride_t"), py::arg("target"), py::arg("uniform"), py::arg("k"), py::arg("ignore_index"),
       py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
       py::arg("stream"), py::arg("gate") = 0, py::call_guard<py::gil_scoped_release>(),
-      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: 0 per-thread "
-      "top-k gate, 1 warp-shared (see csrc/cuda/launch.h).");
+      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
+      "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold (see csrc/cuda/launch.h).");
 
   m.def(
       "backward",

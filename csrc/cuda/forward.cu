@@ -50,6 +50,26 @@ __device__ __forceinline__ void warp_lse(LseState<Acc>& st) {
   }
 }
 
+// Merges every thread's (max, sum-exp) of the row; thread 0 returns the
+// row's. One barrier; warp_m and warp_s are free again after the next one.
+template <class Acc>
+__device__ __forceinline__ LseState<Acc> block_lse(LseState<Acc> st, Acc* warp_m, Acc* warp_s) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = (blockDim.x + 31) >> 5;
+  warp_lse(st);
+  if (lane == 0) {
+    warp_m[warp] = st.m;
+    warp_s[warp] = st.s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    st = lane < nwarps ? LseState<Acc>{warp_m[lane], warp_s[lane]} : LseState<Acc>::empty();
+    warp_lse(st);
+  }
+  return st;
+}
+
 template <DType D, ForwardGate kGate>
 __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParams p, const int k_eff) {
   using Ty = Types<D>;
@@ -167,20 +187,10 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
           if (k_eff > 0) offer(col, x);
         });
 
-    // log-sum-exp of the row.
-    warp_lse(st);
-    if (lane == 0) {
-      warp_m[warp] = st.m;
-      warp_s[warp] = st.s;
-    }
-    __syncthreads();
-    if (warp == 0) {
-      st = lane < nwarps ? LseState<Acc>{warp_m[lane], warp_s[lane]} : LseState<Acc>::empty();
-      warp_lse(st);
-      if (lane == 0) {
-        lse_out[i] = st.lse();
-        tl_out[i] = Ty::load(row[yc]);
-      }
+    st = block_lse(st, warp_m, warp_s);
+    if (threadIdx.x == 0) {
+      lse_out[i] = st.lse();
+      tl_out[i] = Ty::load(row[yc]);
     }
 
     if (k_eff > 0) {
@@ -221,18 +231,310 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
   }
 }
 
+// ---------------------------------------------------------------------------
+// Row-threshold forward (ForwardGate::kRow).
+//
+// The block keeps one sorted top-k list per row in shared memory and its
+// threshold: the list's k-th key once it holds k candidates, -inf before.
+// A column whose key is below the threshold can never enter the top-k, so
+// the hot loop offers a 16-byte pack only if its max reaches the threshold
+// (or the thread has seen a NaN, whose key is +inf). Offered columns go to a
+// shared candidate buffer; once per round (kUnroll packs per thread) one
+// warp merges the buffer into the list and raises the threshold for the
+// whole block. After the first round the threshold is about the k-th best
+// of the row's first 8192 columns, so a row offers ~k(1 + ln(rounds))
+// candidates in all, where per-thread lists insert ~threads * k * ln(...).
+// A round whose candidates do not fit the buffer merges those that do,
+// drops the ones the raised threshold now rules out and offers the rest
+// again from registers (each thread tracks its columns of the round in a
+// 32-bit mask), so a row of ties takes several passes but stays exact.
+
+// Candidate buffer entries: round 0 offers every column (threshold -inf),
+// 8192 for 16-bit types, which then fits in about two passes.
+constexpr int kBufferSlots = 1024;
+
+template <class Acc>
+struct RowTopK {
+  Acc buf_keys[kBufferSlots];
+  int buf_cols[kBufferSlots];
+  Acc list_keys[2][kMaxK];  // the sorted list, double-buffered for the merge
+  int list_cols[2][kMaxK];
+  int buf_count;  // reservations; those past kBufferSlots were not stored
+  int list_n;
+  int list_sel;
+  Acc threshold;
+};
+
+// Warp 0 merges the buffer into the list: min(k, n) rounds in which each
+// lane takes its best entry after the previous winner (SPEC order) and the
+// warp keeps the best of those. Resets the buffer and sets the threshold.
+template <class Acc>
+__device__ void merge_candidates(RowTopK<Acc>& sh, int k_eff, int lane) {
+  const int cur = sh.list_sel;
+  const int n_old = sh.list_n;
+  const int n_buf = sh.buf_count < kBufferSlots ? sh.buf_count : kBufferSlots;
+  const int n = n_old + n_buf;
+  const int m = k_eff < n ? k_eff : n;
+  Acc pk = pos_inf<Acc>();  // every entry comes after (+inf, -1)
+  int pc = -1;
+  for (int r = 0; r < m; ++r) {
+    Acc bk = neg_inf<Acc>();
+    int bc = INT_MAX;
+    for (int j = lane; j < n; j += 32) {
+      const bool in_list = j < n_old;
+      const Acc kj = in_list ? sh.list_keys[cur][j] : sh.buf_keys[j - n_old];
+      const int cj = in_list ? sh.list_cols[cur][j] : sh.buf_cols[j - n_old];
+      if (comes_before(pk, pc, kj, cj) && comes_before(kj, cj, bk, bc)) {
+        bk = kj;
+        bc = cj;
+      }
+    }
+    warp_argmax(bk, bc);
+    if (lane == 0) {
+      sh.list_keys[1 - cur][r] = bk;
+      sh.list_cols[1 - cur][r] = bc;
+    }
+    pk = bk;
+    pc = bc;
+  }
+  if (lane == 0) {
+    sh.list_sel = 1 - cur;
+    sh.list_n = m;
+    sh.buf_count = 0;
+    sh.threshold = m == k_eff ? sh.list_keys[1 - cur][m - 1] : neg_inf<Acc>();
+  }
+}
+
+// The first of `want` consecutive buffer slots for this lane (one shared
+// atomic per warp); the slots may lie past the buffer's end.
+__device__ __forceinline__ int reserve_slots(int* count, int want, int lane) {
+  int incl = want;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int o = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += o;
+  }
+  const int total = __shfl_sync(0xffffffffu, incl, 31);
+  int base = 0;
+  if (lane == 31 && total > 0) base = atomicAdd(count, total);
+  return __shfl_sync(0xffffffffu, base, 31) + incl - want;
+}
+
+// Offers this thread's pending candidates of a round and merges until none
+// is left anywhere in the block. Bit b of `pending` stands for candidate b,
+// whose (key, column) is key_col(b); kBits is a constant so that the loops
+// unroll and the round's registers are never indexed at run time.
+template <int kBits, class Acc, class KeyCol>
+__device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, int k_eff, int lane, KeyCol key_col) {
+  for (;;) {
+    int slot = reserve_slots(&sh.buf_count, __popc(pending), lane);
+    const bool appended = pending != 0 && slot < kBufferSlots;
+#pragma unroll
+    for (int b = 0; b < kBits; ++b) {
+      if (((pending >> b) & 1u) && slot < kBufferSlots) {
+        Acc key;
+        int col;
+        key_col(b, key, col);
+        sh.buf_keys[slot] = key;
+        sh.buf_cols[slot] = col;
+        ++slot;
+        pending &= ~(1u << b);
+      }
+    }
+    if (!__syncthreads_or(appended || pending != 0)) return;
+    if ((threadIdx.x >> 5) == 0) merge_candidates(sh, k_eff, lane);
+    __syncthreads();
+    // What the raised threshold rules out is dropped, the rest offered again.
+    const Acc thr = sh.threshold;
+#pragma unroll
+    for (int b = 0; b < kBits; ++b) {
+      if ((pending >> b) & 1u) {
+        Acc key;
+        int col;
+        key_col(b, key, col);
+        if (key < thr) pending &= ~(1u << b);
+      }
+    }
+  }
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(const ForwardParams p, const int k_eff) {
+  using Ty = Types<D>;
+  using S = typename Ty::S;
+  using Acc = typename Ty::Acc;
+  constexpr int kN = Pack<S>::kN;
+  constexpr int kRoundBits = kUnroll * kN;
+  static_assert(kRoundBits <= 32, "one mask bit per column of a round");
+
+  __shared__ RowTopK<Acc> sh;
+  __shared__ Acc warp_m[32];
+  __shared__ Acc warp_s[32];
+
+  const int V = static_cast<int>(p.V);
+  const int64_t N = p.B * p.T;
+  const int lane = threadIdx.x & 31;
+  const int T = blockDim.x;
+  Acc* lse_out = static_cast<Acc*>(p.lse);
+  Acc* tl_out = static_cast<Acc*>(p.target_logit);
+  Acc* sl_out = static_cast<Acc*>(p.sample_logit);
+
+  if (threadIdx.x == 0) {
+    sh.buf_count = 0;
+    sh.list_n = 0;
+    sh.list_sel = 0;
+    sh.threshold = neg_inf<Acc>();
+  }
+  __syncthreads();
+
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int64_t y = p.target[i];
+    if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
+      if (threadIdx.x == 0) {
+        const Acc v = y == p.ignore_index ? Acc(0) : Acc(NAN);
+        lse_out[i] = v;
+        tl_out[i] = v;
+        sl_out[i] = v;
+        p.sample_index[i] = -1;
+      }
+      continue;
+    }
+    const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+    const int yc = static_cast<int>(y);
+    const FastExp ex;
+    LseState<Acc> st = LseState<Acc>::empty();
+
+    // Columns outside the 16-byte packs (the unaligned head and the tail;
+    // fewer than 2 * kN unless the row is not even element-aligned), in
+    // rounds of one column per thread.
+    const int head = head_elements(row, V);
+    const int packs = (V - head) / kN;
+    const int tail = head + packs * kN;
+    const int scalars = head + (V - tail);
+    for (int base = 0; base < scalars; base += T) {
+      const int j = base + threadIdx.x;
+      const int col = j < head ? j : tail + (j - head);
+      Acc x = Acc(0);
+      if (j < scalars) {
+        x = Ty::load(row[col]);
+        st.push(x, ex);
+      }
+      if (k_eff > 0) {
+        const uint32_t pending = (j < scalars && col != yc && topk_key(x) >= sh.threshold) ? 1u : 0u;
+        offer_round<1>(sh, pending, k_eff, lane, [&](int, Acc& key, int& c) {
+          key = topk_key(x);
+          c = col;
+        });
+      }
+    }
+
+    // The packs, kUnroll per thread and round.
+    const Pack<S>* body = reinterpret_cast<const Pack<S>*>(row + head);
+    Acc shift = st.shift();  // kept in a register
+    const int rounds = (packs + kUnroll * T - 1) / (kUnroll * T);
+    for (int r = 0; r < rounds; ++r) {
+      const int q0 = r * kUnroll * T + threadIdx.x;
+      Pack<S> pk[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (q0 + u * T < packs) pk[u] = body[q0 + u * T];
+      }
+      Acc pmax[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        pmax[u] = neg_inf<Acc>();
+        if (q0 + u * T >= packs) continue;
+        Acc x[kN];
+#pragma unroll
+        for (int e = 0; e < kN; ++e) x[e] = Ty::load(pk[u].v[e]);
+        Acc pm = x[0];
+#pragma unroll
+        for (int e = 1; e < kN; ++e) pm = max_ignoring_nan(pm, x[e]);
+        pmax[u] = pm;
+        if constexpr (!std::is_same<Acc, float>::value) {
+#pragma unroll
+          for (int e = 0; e < kN; ++e) st.push(x[e], ex);  // float64: the accurate path
+        } else {
+          if (pm > st.m) {
+            st.raise_to(pm, ex);
+            shift = st.shift();
+          }
+          const float nsl = -shift * 1.4426950408889634f;
+          Acc t[kN];
+#pragma unroll
+          for (int e = 0; e < kN; ++e) t[e] = exp_shifted_ftz(x[e], nsl);
+#pragma unroll
+          for (int w = 1; w < kN; w *= 2) {
+#pragma unroll
+            for (int e = 0; e + w < kN; e += 2 * w) t[e] += t[e + w];
+          }
+          st.s += t[0];
+        }
+      }
+      if (k_eff == 0) continue;
+      // The columns of this round that may enter the top-k. The pack max
+      // includes the target column, so the gate opens too often, never too
+      // rarely; a NaN (key +inf) has turned s NaN and opens every pack.
+      const Acc thr = sh.threshold;
+      const bool nan_seen = st.s != st.s;
+      uint32_t pending = 0;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (q0 + u * T < packs && (pmax[u] >= thr || nan_seen)) {
+#pragma unroll
+          for (int e = 0; e < kN; ++e) {
+            const int col = head + (q0 + u * T) * kN + e;
+            if (col != yc && topk_key(Ty::load(pk[u].v[e])) >= thr) pending |= 1u << (u * kN + e);
+          }
+        }
+      }
+      offer_round<kRoundBits>(sh, pending, k_eff, lane, [&](int b, Acc& key, int& col) {
+        key = topk_key(Ty::load(pk[b / kN].v[b % kN]));
+        col = head + (q0 + (b / kN) * T) * kN + b % kN;
+      });
+    }
+
+    st = block_lse(st, warp_m, warp_s);
+    if (threadIdx.x == 0) {
+      lse_out[i] = st.lse();
+      tl_out[i] = Ty::load(row[yc]);
+      if (k_eff > 0) {
+        // Every non-target column was offered while the list was short, so
+        // it holds k_eff candidates.
+        const int sel = sh.list_sel;
+        const int col = sh.list_cols[sel][draw_position(sh.list_keys[sel], k_eff, 1, p.uniform[i])];
+        p.sample_index[i] = col;
+        sl_out[i] = Ty::load(row[col]);
+        sh.list_n = 0;
+        sh.threshold = neg_inf<Acc>();
+      } else {
+        p.sample_index[i] = -1;
+        sl_out[i] = Acc(0);
+      }
+    }
+    // The list and the warp partials are reused by the next row.
+    __syncthreads();
+  }
+}
+
 template <DType D>
 cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStream_t stream) {
   using Acc = typename Types<D>::Acc;
   using S = typename Types<D>::S;
+  const int64_t N = p.B * p.T;
+  const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
+  const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
+  if (gate == ForwardGate::kRow) {
+    int threads = kMaxThreads;
+    while (threads > 32 && threads / 2 >= packs) threads /= 2;  // short rows
+    CRINGE_LAUNCH(grid, threads, 0, stream, forward_row_threshold_kernel<D>)(p, k_eff);
+    return cudaGetLastError();
+  }
   const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
   int threads = kMaxThreads;
   // Fewer threads for large k (their lists share kListBytes) or short rows.
   while (threads > 32 && static_cast<size_t>(threads) * per_thread > kListBytes) threads /= 2;
-  const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
   while (threads > 32 && threads / 2 >= packs) threads /= 2;
-  const int64_t N = p.B * p.T;
-  const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const size_t smem = threads * per_thread;
   // float64 walks column by column (no pack gate): one variant is enough.
   if constexpr (!std::is_same<Acc, double>::value) {

@@ -21,14 +21,21 @@ constexpr int kMaxK = 64;
 // Largest V: columns are int32 inside a row (offsets of rows are int64).
 constexpr int64_t kMaxV = 2147483647 - 1;
 
-// How the forward decides that a 16-byte pack cannot hold a top-k candidate.
-// kThread: against the thread's own list (its k-th key). kWarp: also
-// against the best full-list threshold among the warp's active lanes (a
-// full list's k-th key is a lower bound for the whole row's top-k), which
-// cuts the insertions a row makes from ~threads * k(1 + ln(V/(threads*k)))
-// toward k(1 + ln(V/k)). Same result either way; kWarp awaits its first GPU
-// measurement (benchmarks/PERF_NOTES.md) before it becomes the default.
-enum class ForwardGate : int { kThread = 0, kWarp = 1 };
+// How the forward finds the top-k (the same result every way):
+// kThread: each thread keeps a sorted list of its own columns' best k in
+//   shared memory, gated by its own k-th key; k rounds of block argmax
+//   merge the lists at the row's end.
+// kWarp: kThread, with each pack also gated by the best full-list threshold
+//   among the warp's active lanes (a full list's k-th key is a lower bound
+//   for the whole row's top-k).
+// kRow: one sorted list per row and its k-th key as the threshold of the
+//   whole block; columns that reach it go to a shared buffer that one warp
+//   merges once per round of kUnroll packs per thread. About k(1 + ln
+//   rounds) candidates per row instead of ~threads * k * ln(V / (threads *
+//   k)) (csrc/cuda/forward.cu).
+// kThread is the default until a GPU measures the others
+// (benchmarks/PERF_NOTES.md).
+enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2 };
 
 cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate = ForwardGate::kThread);
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);

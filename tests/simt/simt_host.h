@@ -43,8 +43,9 @@ extern thread_local const ThreadContext* current;
 // Dynamic shared memory of the running block.
 unsigned char* dynamic_shared();
 
-// __syncthreads().
-void sync_block();
+// __syncthreads(); __syncthreads_or(pred) when `reduce_or` (the OR over the
+// block's threads of `pred` is returned to every thread).
+int sync_block(int pred = 0, bool reduce_or = false);
 
 // Waits until every lane of the caller's warp has called this with the same
 // `op` and `mask`, then copies all lanes' `mine` into `all` (indexed by lane).
@@ -111,6 +112,33 @@ T from_bits(uint64_t b) {
 
 // ---- Device intrinsics the kernels use ---------------------------------------
 inline void __syncthreads() { ::simt::sync_block(); }
+inline int __syncthreads_or(int predicate) { return ::simt::sync_block(predicate != 0, true); }
+
+// Fibers never run at the same time, so a read-modify-write is atomic.
+inline int atomicAdd(int* address, int v) {
+  const int old = *address;
+  *address = old + v;
+  return old;
+}
+
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  uint64_t all[32];
+  ::simt::warp_gather(::simt::to_bits(v), mask, "__shfl_sync", all);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  return ::simt::from_bits<T>(all[(lane / width) * width + src_lane % width]);
+}
+
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  uint64_t all[32];
+  ::simt::warp_gather(::simt::to_bits(v), mask, "__shfl_up_sync", all);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  // Lanes below `delta` in their segment keep their own value.
+  return (lane % width) >= static_cast<int>(delta) ? ::simt::from_bits<T>(all[lane - delta]) : v;
+}
 
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {

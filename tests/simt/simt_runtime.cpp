@@ -119,6 +119,8 @@ struct Block {
   int live = 0;
   int barrier_arrived = 0;
   uint64_t barrier_generation = 0;
+  int barrier_or = 0;         // __syncthreads_or: accumulated while threads arrive
+  int barrier_or_result = 0;  // and published at the release
   uint64_t progress = 0;
   const std::function<void()>* body = nullptr;
   Fiber* running = nullptr;
@@ -138,6 +140,8 @@ void yield_waiting(const char* what) {
 }
 
 void release_barrier(Block& b) {
+  b.barrier_or_result = b.barrier_or;
+  b.barrier_or = 0;
   b.barrier_arrived = 0;
   ++b.barrier_generation;
   ++b.progress;
@@ -184,6 +188,7 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim) {
   std::fill(b.smem.begin(), b.smem.end(), 0xFF);  // NaN in every float type
   b.live = n;
   b.barrier_arrived = 0;
+  b.barrier_or = 0;
   for (int t = 0; t < n; ++t) {
     b.fibers[t].ids = ThreadContext{dim3(t), block_idx, block_dim, grid_dim};
     make_context(b.fibers[t].ctx, b.stacks.get() + kStackBytes * t, kStackBytes, &fiber_main);
@@ -208,15 +213,19 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim) {
 
 unsigned char* dynamic_shared() { return g_block->smem.data(); }
 
-void sync_block() {
+int sync_block(int pred, bool reduce_or) {
   Block& b = *g_block;
   const uint64_t gen = b.barrier_generation;
   ++b.progress;
+  b.barrier_or |= pred;
   if (++b.barrier_arrived >= b.live) {
     release_barrier(b);
-    return;
+  } else {
+    while (b.barrier_generation == gen) yield_waiting(reduce_or ? "__syncthreads_or" : "__syncthreads");
   }
-  while (b.barrier_generation == gen) yield_waiting("__syncthreads");
+  // Safe to read: the result changes only at the next release, which needs
+  // this thread to arrive again.
+  return b.barrier_or_result;
 }
 
 void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32]) {
