@@ -42,6 +42,36 @@ class RowStatsFunction(torch.autograd.Function):
         return grad_logits, None, None, None, None, None, None
 
 
+class RowStatsWithGradFunction(torch.autograd.Function):
+    """The single pass: the forward also writes the gradient for a guess of
+    ``d loss / d lse`` (``lse_weight``); the backward completes it, exactly,
+    whatever ``grad_lse`` turns out to be. Use :func:`row_stats`."""
+
+    @staticmethod
+    def forward(ctx, logits, target, uniform, k, ignore_index, backend, lse_weight):
+        stats, grad = backend.forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
+        ctx.mark_non_differentiable(stats.sample_index)
+        ctx.save_for_backward(logits, target, stats.sample_index, stats.lse, lse_weight)
+        ctx.backend = backend
+        ctx.ignore_index = ignore_index
+        ctx.grad = grad  # neither input nor output: kept on ctx, handed out once
+        return tuple(stats)
+
+    @staticmethod
+    def backward(ctx, grad_lse, grad_target, grad_sample, _grad_index):
+        logits, target, sample_index, lse, lse_weight = ctx.saved_tensors
+        grad_lse, grad_target, grad_sample = (
+            torch.zeros_like(lse) if g is None else g.contiguous() for g in (grad_lse, grad_target, grad_sample)
+        )
+        # A second backward (retain_graph) must not write into the tensor the
+        # first one returned: it gets the two-pass gradient instead.
+        grad, ctx.grad = ctx.grad, None
+        grad_logits = ctx.backend.backward_with_grad(
+            grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample, ctx.ignore_index
+        )
+        return grad_logits, None, None, None, None, None, None
+
+
 def row_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -50,6 +80,7 @@ def row_stats(
     ignore_index: int,
     backend: RowStatsBackend,
     inplace_backward: bool = False,
+    lse_weight: Optional[torch.Tensor] = None,
 ) -> RowStats:
     """Differentiable row statistics computed by a kernel backend.
 
@@ -64,10 +95,16 @@ def row_stats(
     backend : RowStatsBackend
     inplace_backward : bool
         Write the gradient over ``logits`` (the caller must not reuse them).
+    lse_weight : Tensor, ``[B * T]``, optional
+        The expected ``d loss / d lse``: the gradient is then written during
+        the forward (single pass, where the backend has one) and completed
+        by the backward. Not with ``inplace_backward``.
 
     Returns
     -------
     RowStats
         See :mod:`cringe_kernels.backends.base`.
     """
+    if lse_weight is not None:
+        return RowStats(*RowStatsWithGradFunction.apply(logits, target, uniform, k, ignore_index, backend, lse_weight))
     return RowStats(*RowStatsFunction.apply(logits, target, uniform, k, ignore_index, backend, inplace_backward))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import autograd, backends, reference, validate
-from .backends.base import RowStats
+from .backends.base import RowStats, stats_dtype
 
 
 class CringeOutput(NamedTuple):
@@ -96,14 +96,35 @@ def _row_stats(
     ignore_index: int,
     backend,
     inplace_backward: bool,
+    lse_weight: Optional[torch.Tensor] = None,
 ) -> RowStats:
-    """Flattened row statistics from the chosen backend."""
+    """Flattened row statistics from the chosen backend (``lse_weight``: see :func:`_lse_weight`)."""
     target = target.reshape(-1).long()
     if uniform is not None:
         uniform = uniform.reshape(-1).to(torch.float32).contiguous()
     if backend == backends.REFERENCE:
         return reference.row_stats(logits, target, uniform, k, ignore_index)
-    return autograd.row_stats(_row_view(logits), target.contiguous(), uniform, k, ignore_index, backend, inplace_backward)
+    return autograd.row_stats(_row_view(logits), target.contiguous(), uniform, k, ignore_index, backend,
+                              inplace_backward, lse_weight)
+
+
+def _lse_weight(valid: torch.Tensor, positive: torch.Tensor, reduction: str, num_items_in_batch,
+                dtype: torch.dtype) -> torch.Tensor:
+    """``d loss / d lse`` per row of :func:`cringe_loss` for an upstream gradient of 1.
+
+    Only cross-entropy involves ``lse`` (positive, non-ignored rows), with
+    the weight of the reduction; computed with the same operations the loss
+    uses (``1 / denominator``), so that autograd's ``grad_lse`` equals it
+    bit for bit and the single-pass backward only touches two columns a row.
+    """
+    one = torch.ones((), dtype=dtype, device=valid.device)
+    if reduction == "mean":
+        if num_items_in_batch is not None:
+            den = torch.as_tensor(num_items_in_batch, device=valid.device).to(dtype)
+        else:
+            den = valid.sum().clamp(min=1).to(dtype)
+        one = one / den
+    return torch.where(valid & positive, one, torch.zeros((), dtype=dtype, device=valid.device)).contiguous()
 
 
 def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -> torch.Tensor:
@@ -142,6 +163,7 @@ def cringe_loss(
     backend: str = "auto",
     return_details: bool = False,
     inplace_backward: bool = False,
+    grad_in_forward: bool = False,
 ) -> Union[torch.Tensor, CringeOutput]:
     """Binary Cringe loss (SPEC.md section 2).
 
@@ -183,6 +205,15 @@ def cringe_loss(
     inplace_backward : bool
         Kernel backends write the gradient over ``logits`` (no ``[N, V]``
         allocation); the caller must not use the logits after backward.
+    grad_in_forward : bool
+        Single pass: the ``cuda`` backend writes the logits' gradient during
+        the forward (one read and one write of the logits in all, instead of
+        two reads and one write), for an upstream gradient of 1 on the loss
+        (``loss.backward()``; ones for ``reduction="none"``); the backward
+        then only adds two columns per row. Exact for any upstream gradient:
+        rows whose gradient differs are rewritten in full (two-pass cost).
+        The ``[N, V]`` gradient is allocated in the forward. Other backends
+        accept it and run their two passes. Not with ``inplace_backward``.
 
     Returns
     -------
@@ -193,8 +224,12 @@ def cringe_loss(
     validate.check_target("target", target, "logits", logits)
     validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
     for name, flag in (("detach_positives", detach_positives), ("ct_on_positives", ct_on_positives),
-                       ("return_details", return_details), ("inplace_backward", inplace_backward)):
+                       ("return_details", return_details), ("inplace_backward", inplace_backward),
+                       ("grad_in_forward", grad_in_forward)):
         validate.check_bool(name, flag)
+    if grad_in_forward and inplace_backward:
+        raise ValueError("grad_in_forward and inplace_backward cannot both be True: the single pass keeps the "
+                         "logits to complete the gradient exactly")
     validate.check_generator(generator, logits.device)
     validate.check_num_items(num_items_in_batch, logits.device)
     feedback = validate.check_feedback(feedback, target)
@@ -202,10 +237,13 @@ def cringe_loss(
     validate.check_values([("target", target, V)], ignore_index, feedback=feedback, uniform=uniform)
     chosen_backend = backends.resolve(backend, logits)
 
-    stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward)
     flat_target = target.reshape(-1)
     valid = flat_target != ignore_index
     positive = feedback.reshape(-1).to(torch.bool)
+    lse_weight = None
+    if grad_in_forward and chosen_backend != backends.REFERENCE:
+        lse_weight = _lse_weight(valid, positive, reduction, num_items_in_batch, stats_dtype(logits.dtype))
+    stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
         sampled_logit = sampled_logit.detach()
@@ -348,12 +386,12 @@ class CringeLoss(torch.nn.Module):
 
     def __init__(self, *, k: int = 5, alpha: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
                  detach_positives: bool = False, ct_on_positives: bool = False, backend: str = "auto",
-                 inplace_backward: bool = False):
+                 inplace_backward: bool = False, grad_in_forward: bool = False):
         super().__init__()
         validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
         self.options = dict(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
                             detach_positives=detach_positives, ct_on_positives=ct_on_positives,
-                            backend=backend, inplace_backward=inplace_backward)
+                            backend=backend, inplace_backward=inplace_backward, grad_in_forward=grad_in_forward)
 
     def forward(self, logits, target, feedback, *, num_items_in_batch=None, generator=None, uniform=None,
                 return_details: bool = False):

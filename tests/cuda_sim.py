@@ -3,8 +3,8 @@
 The shipped sources (``csrc/cuda/*.cu`` and the binding
 ``csrc/bindings/cuda_module.cpp``) are compiled by the host compiler against
 ``tests/simt``: a SIMT simulator that runs every CUDA thread as a fiber with
-real block barriers and warp shuffles, plus the four CUDA runtime calls the
-binding makes. The result is the ``_C_cuda`` module, built for the CPU; with
+real block barriers and warp shuffles, plus the few CUDA runtime calls the
+binding and the launchers make. The result is the ``_C_cuda`` module, built for the CPU; with
 :func:`cringe_kernels.backends.cuda_backend.launchers` it becomes a backend
 that runs the CUDA kernels' logic (pack walk, alignment head and tail, gates,
 per-thread lists, block merges, the draw) on CPU tensors, so every CI run
@@ -138,7 +138,9 @@ else:
     _REASON = ""
 
 if MODULE is not None:
-    OPS = _native.define_row_stats_ops("cpu", *cuda_backend.launchers(MODULE, lambda device: 0), name="cuda_sim")
+    _LAUNCHERS = cuda_backend.launchers(MODULE, lambda device: 0)
+    OPS = _native.define_row_stats_ops("cpu", *_LAUNCHERS, name="cuda_sim")
+    SINGLE_PASS_OPS = _native.define_single_pass_ops("cpu", *_LAUNCHERS, name="cuda_sim")
 
 
 class SimRowStats(_native.NativeRowStats):
@@ -146,6 +148,7 @@ class SimRowStats(_native.NativeRowStats):
 
     name = "cuda_sim"
     ops = OPS if MODULE is not None else None
+    single_pass_ops = SINGLE_PASS_OPS if MODULE is not None else None
 
     def status(self) -> BackendStatus:
         if MODULE is None:

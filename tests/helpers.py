@@ -10,8 +10,9 @@ from cringe_kernels import backends
 
 # Backends that implement the row-statistics primitive and are compared with
 # the reference. "torch" (the primitive in PyTorch) always runs; the kernel
-# backends join wherever they can run on the CPU of this machine.
-KERNEL_CANDIDATES = ("torch", "cpu", "triton")
+# backends join wherever they can run on the CPU of this machine, the CUDA
+# kernels as "cuda_sim" (tests/cuda_sim.py) wherever the CUDA headers exist.
+KERNEL_CANDIDATES = ("torch", "cpu", "triton", "cuda_sim")
 
 
 def cpu_kernel_backends():

@@ -169,3 +169,28 @@ print("ok", ck.available_backends("cpu")[0])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("backend", ["reference"] + cpu_kernel_backends())
+def test_grad_in_forward_gives_the_same_loss_and_gradient(backend):
+    # A request every backend accepts; only those with a single-pass kernel
+    # (cuda, and its simulated build) change how the gradient is made.
+    logits, target, feedback, u = random_case(2, 5, 40, seed=7)
+    out = []
+    for single in (False, True):
+        x = logits.clone().requires_grad_(True)
+        loss = ck.cringe_loss(x, target, feedback, uniform=u, backend=backend, grad_in_forward=single)
+        loss.backward()
+        out.append((loss.detach(), x.grad))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=2e-6, atol=1e-9)
+    module = ck.CringeLoss(backend=backend, grad_in_forward=True)
+    torch.testing.assert_close(module(logits, target, feedback, uniform=u), out[1][0])
+
+
+def test_grad_in_forward_and_inplace_backward_exclude_each_other():
+    logits, target, feedback, _ = random_case(1, 2, 9)
+    with pytest.raises(ValueError, match="grad_in_forward and inplace_backward"):
+        ck.cringe_loss(logits, target, feedback, grad_in_forward=True, inplace_backward=True)
+    with pytest.raises(TypeError, match="grad_in_forward"):
+        ck.cringe_loss(logits, target, feedback, grad_in_forward="yes")

@@ -16,7 +16,8 @@ import torch
 
 import cringe_kernels as ck
 from cringe_kernels import backends, reference
-from kernel_checks import (adversarial_topk_rows, check_nan_rows, nonfinite_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
+from cringe_kernels.backends.base import stats_dtype
+from kernel_checks import (STAT_TOL, GRAD_TOL, adversarial_topk_rows, check_nan_rows, nonfinite_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
                            random_logits, random_target, run_binary)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -254,3 +255,90 @@ def test_bad_gate_name_is_a_clear_error(kern, monkeypatch):
     x = random_logits((1, 2, 10), torch.float32, kern.dev)
     with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
         ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name)
+
+
+# ---- The single pass (cringe_loss(..., grad_in_forward=True)) --------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction,num_items,scale", [("mean", None, 1.0), ("sum", None, 1.0), ("mean", 37, 1.0),
+                                                       ("none", None, 1.0), ("mean", None, 0.25)])
+def test_single_pass_matches_reference(kern, dtype, reduction, num_items, scale, monkeypatch):
+    """Loss and gradient as the reference's; with an upstream gradient of 1
+    the backward finds grad_lse equal to the forward's guess on every row
+    (so it only adds two columns a row), with 0.25 it does not (rows redone)."""
+    be = backends.resolve(kern.name, random_logits((1, 1, 4), torch.float32, kern.dev))
+    assert be.single_pass
+    matched = []
+    backward_with_grad = type(be).backward_with_grad
+
+    def spy(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, *rest):
+        matched.append(torch.equal(grad_lse, lse_weight))
+        return backward_with_grad(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, *rest)
+
+    monkeypatch.setattr(type(be), "backward_with_grad", spy)
+    V = 1001
+    x = random_logits((3, 6, V), dtype, kern.dev, seed=5)[:, :-1]
+    y = random_target((3, 5), V, kern.dev)
+    fb, u = half_negative((3, 5), kern.dev), torch.rand(3, 5, device=kern.dev)
+    out = {}
+    for backend, single in (("reference", False), (kern.name, True)):
+        xx = x.detach().clone().requires_grad_(True)
+        loss = ck.cringe_loss(xx, y, fb, k=5, uniform=u, backend=backend, reduction=reduction,
+                              num_items_in_batch=num_items, grad_in_forward=single, ct_on_positives=True)
+        (loss.sum() * scale).backward()
+        out[backend] = (loss.detach(), xx.grad)
+    torch.testing.assert_close(out[kern.name][0], out["reference"][0], **STAT_TOL[dtype])
+    torch.testing.assert_close(out[kern.name][1], out["reference"][1], **GRAD_TOL[dtype])
+    assert matched == [scale == 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("V,k", [(2, 1), (7, 6), (1001, 5), (4099, 64), (70001, 5)])
+def test_single_pass_backward_equals_two_pass(kern, dtype, V, k):
+    # Kernel level, same statistics: whatever grad_lse the backward gets
+    # (the guess, another value, nonzero where the guess was 0), the
+    # completed gradient is bit for bit the two-pass one. Rows: ignored,
+    # target out of range (left to the backward), strided logits.
+    x = random_logits((2, 5, V), dtype, kern.dev, seed=V)[:, :-1]
+    y = random_target((2, 4), V, kern.dev).reshape(-1)
+    y[3] = V + 5  # out of range (value checks are the loss's; the kernels must cope)
+    u = torch.rand(8, device=kern.dev)
+    be = backends.resolve(kern.name, x)
+    sd = stats_dtype(dtype)
+    g = torch.Generator().manual_seed(V)
+    weight = torch.where(torch.rand(8, generator=g) < 0.5, 0.125, 0.0).to(sd).to(kern.dev)
+    stats, grad = be.forward_with_grad(x, y, u, k, -100, weight)
+    ref = be.forward(x, y, u, k, -100)
+    for name in ("lse", "target_logit", "sample_logit", "sample_index"):
+        torch.testing.assert_close(getattr(stats, name), getattr(ref, name), rtol=2e-6, atol=1e-6, equal_nan=True)
+    gt, gs = (torch.randn(8, generator=g).to(sd).to(kern.dev) for _ in range(2))
+    other = torch.where(torch.arange(8) % 3 == 0, 0.5, 0.125).to(sd).to(kern.dev)
+    for grad_lse in (weight, other, torch.zeros_like(weight)):
+        got = be.backward_with_grad(grad.clone(), x, y, stats.sample_index, stats.lse, weight, grad_lse, gt, gs, -100)
+        want = be.backward(x, y, stats.sample_index, stats.lse, grad_lse, gt, gs, -100, False)
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_single_pass_second_backward_leaves_the_first_alone(kern):
+    x = random_logits((2, 3, 300), torch.float32, kern.dev).requires_grad_(True)
+    y = random_target((2, 3), 300, kern.dev)
+    loss = ck.cringe_loss(x, y, half_negative((2, 3), kern.dev), backend=kern.name, grad_in_forward=True)
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    first = g1.clone()
+    (g2,) = torch.autograd.grad(loss * 2, x)
+    assert torch.equal(g1, first)
+    torch.testing.assert_close(g2, 2 * first)
+
+
+def test_single_pass_opcheck(kern):
+    x = random_logits((2, 3, 37), torch.float32, kern.dev)[:, :2]
+    y = random_target((2, 2), 37, kern.dev).reshape(-1)
+    u = torch.rand(4, device=kern.dev)
+    w = torch.full((4,), 0.25, device=kern.dev)
+    forward = getattr(torch.ops.cringe_kernels, f"{kern.name}_row_stats_with_grad")
+    backward_ = getattr(torch.ops.cringe_kernels, f"{kern.name}_row_stats_with_grad_backward_")
+    torch.library.opcheck(forward.default, (x, y, u, 5, -100, w))
+    lse, _, _, s_idx, grad = forward(x, y, u, 5, -100, w)
+    g = torch.rand(4, device=kern.dev)
+    torch.library.opcheck(backward_.default, (grad, x, y, s_idx, lse, w, w.clone(), g, g.clone(), -100))

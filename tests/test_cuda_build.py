@@ -28,7 +28,7 @@ if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
 # float64, float16, bfloat16); the forward per dtype with the per-thread
 # top-k gate, and once more with the warp-shared gate for all but float64
 # (which walks column by column).
-KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 4, "backward_kernel": 4}
+KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 7, "backward_kernel": 4}
 
 
 @pytest.fixture(scope="module")

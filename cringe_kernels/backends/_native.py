@@ -211,6 +211,85 @@ def define_row_stats_ops(
                          for suffix in ("", "_backward", "_backward_")))
 
 
+class SinglePassOps(NamedTuple):
+    """The single-pass ops of one backend (:func:`define_single_pass_ops`)."""
+
+    forward: object
+    backward_: object
+
+
+def define_single_pass_ops(
+    device_type: str,
+    launch_forward: Callable[..., None],
+    launch_backward: Callable[..., None],
+    device_guard: Callable[[torch.device], ContextManager] = _no_guard,
+    name: Optional[str] = None,
+) -> SinglePassOps:
+    """Register ``cringe_kernels::<name>_row_stats_with_grad[_backward_]`` and their fakes.
+
+    ``<name>_row_stats_with_grad(logits, target, uniform, k, ignore_index,
+    lse_weight)`` -> ``(lse, target_logit, sample_logit, sample_index, grad)``
+    and ``<name>_row_stats_with_grad_backward_(grad, logits, target,
+    sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample,
+    ignore_index)`` (completes ``grad`` in place): see
+    :meth:`cringe_kernels.backends.base.RowStatsBackend.forward_with_grad`.
+    The launches are those of :func:`define_row_stats_ops`, called with the
+    keywords ``lse_weight`` and ``grad``.
+    """
+    name = name or device_type
+    prefix = f"cringe_kernels::{name}_row_stats_with_grad"
+
+    def check_grad_inputs(logits, lse_weight, grad=None):
+        n = logits.shape[0] * logits.shape[1]
+        check_vector("lse_weight", lse_weight, n, stats_dtype(logits.dtype), logits.device)
+        if grad is not None:
+            _need(isinstance(grad, torch.Tensor) and grad.shape == logits.shape and grad.dtype == logits.dtype
+                  and grad.is_contiguous() and grad.device == logits.device, ValueError,
+                  "grad must be a contiguous tensor of the logits' shape, dtype and device")
+
+    @torch.library.custom_op(prefix, mutates_args=(), device_types=device_type)
+    def with_grad(
+        logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int, lse_weight: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Forward primitive plus the gradient for d loss / d lse = ``lse_weight``."""
+        check_forward(logits, target, uniform, k, device_type)
+        check_grad_inputs(logits, lse_weight)
+        B, T, _ = logits.shape
+        with device_guard(logits.device):
+            out = new_stats(logits, B * T)
+            grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+            if B * T:
+                launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=lse_weight, grad=grad)
+        return (*out, grad)
+
+    @with_grad.register_fake
+    def _(logits, target, uniform, k, ignore_index, lse_weight):
+        return (*fake_stats(logits, target), logits.new_empty(logits.shape))
+
+    @torch.library.custom_op(f"{prefix}_backward_", mutates_args=("grad",), device_types=device_type)
+    def with_grad_backward_(
+        grad: Tensor, logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, lse_weight: Tensor,
+        grad_lse: Tensor, grad_target: Tensor, grad_sample: Tensor, ignore_index: int,
+    ) -> None:
+        """Completes ``grad`` (from the forward with the same ``lse_weight``) in place."""
+        check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
+        check_grad_inputs(logits, lse_weight, grad)
+        B, T, _ = logits.shape
+        if B * T == 0:
+            return
+        with device_guard(logits.device):
+            launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
+                            ignore_index, lse_weight=lse_weight)
+
+    @with_grad_backward_.register_fake
+    def _(grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample, ignore_index):
+        return None
+
+    namespace = torch.ops.cringe_kernels
+    return SinglePassOps(getattr(namespace, f"{name}_row_stats_with_grad"),
+                         getattr(namespace, f"{name}_row_stats_with_grad_backward_"))
+
+
 class NativeRowStats(RowStatsBackend):
     """Base class of the compiled backends: calls the ops of :func:`define_row_stats_ops`.
 
@@ -229,6 +308,30 @@ class NativeRowStats(RowStatsBackend):
     @torch.no_grad()
     def forward(self, logits, target, uniform, k, ignore_index) -> RowStats:
         return RowStats(*self.ops.forward(logits, target, uniform, k, ignore_index))
+
+    # What define_single_pass_ops returned, for a backend with a single pass.
+    single_pass_ops: Optional[SinglePassOps] = None
+
+    @property
+    def single_pass(self) -> bool:
+        return self.single_pass_ops is not None
+
+    @torch.no_grad()
+    def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):
+        if self.single_pass_ops is None:
+            return super().forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
+        *stats, grad = self.single_pass_ops.forward(logits, target, uniform, k, ignore_index, lse_weight)
+        return RowStats(*stats), grad
+
+    @torch.no_grad()
+    def backward_with_grad(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
+                           grad_sample, ignore_index):
+        if self.single_pass_ops is None or grad is None:
+            return super().backward_with_grad(grad, logits, target, sample_index, lse, lse_weight, grad_lse,
+                                              grad_target, grad_sample, ignore_index)
+        self.single_pass_ops.backward_(grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
+                                       grad_sample, ignore_index)
+        return grad
 
     @torch.no_grad()
     def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):

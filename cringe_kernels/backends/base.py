@@ -144,3 +144,37 @@ class RowStatsBackend:
         inplace: bool,
     ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # Single pass (the gradient written while the forward reads the rows).
+    # A backend with such a kernel overrides both; the defaults are the two
+    # passes, so every backend accepts the request and gives the same result.
+    single_pass = False
+
+    def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):
+        """:meth:`forward`, plus the gradient for a guess of ``d loss / d lse``.
+
+        Parameters
+        ----------
+        lse_weight : Tensor, ``[N]``, the statistics' dtype, contiguous
+            The expected ``grad_lse`` of the backward.
+
+        Returns
+        -------
+        (RowStats, Tensor or None)
+            The statistics, and a ``[B, T, V]`` tensor of the logits' dtype
+            holding ``lse_weight * exp(x - lse)`` on rows with a target in
+            range and 0 on ignored rows (None when the backend has no single
+            pass); :meth:`backward_with_grad` completes it.
+        """
+        return self.forward(logits, target, uniform, k, ignore_index), None
+
+    def backward_with_grad(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
+                           grad_sample, ignore_index) -> torch.Tensor:
+        """The gradient of the logits, completing ``grad`` from :meth:`forward_with_grad`.
+
+        Exact for any ``grad_lse``: rows where it equals ``lse_weight`` only
+        get their target and sampled columns, the others are written in full.
+        Returns ``grad`` (modified in place), or a new tensor when ``grad`` is None.
+        """
+        return self.backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index,
+                             False)

@@ -83,24 +83,26 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
     """
     max_k = module.max_k
 
-    def launch_forward(logits, target, uniform, k, ignore_index, out) -> None:
+    def launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=None, grad=None) -> None:
         B, T, V = logits.shape
         kernel_k = k if min(k, V - 1) <= max_k else 0
         module.forward(
             _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
             *(t.data_ptr() for t in out), logits.device.index or 0, stream_of(logits.device), _forward_gate(),
+            _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
         )
         if kernel_k != k:
             _sample_large_k(logits, target, uniform, k, ignore_index, out)
 
-    def launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+    def launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index,
+                        lse_weight=None):
         B, T, V = logits.shape
         module.backward(
             _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
             target.data_ptr(), sample_index.data_ptr(), lse.data_ptr(), grad_lse.data_ptr(),
             grad_target.data_ptr(), grad_sample.data_ptr(), ignore_index, grad.data_ptr(), grad.stride(0),
-            grad.stride(1), logits.device.index or 0, stream_of(logits.device),
+            grad.stride(1), logits.device.index or 0, stream_of(logits.device), _native.ptr(lse_weight),
         )
 
     return launch_forward, launch_backward
@@ -123,11 +125,13 @@ def _sample_large_k(logits, target, uniform, k, ignore_index, out) -> None:
 if _C_cuda is not None:
     _launch_forward, _launch_backward = launchers(_C_cuda, _stream)
 else:  # the ops exist either way; status() says why they cannot run
-    def _launch_forward(*args):
+    def _launch_forward(*args, **kwargs):
         raise RuntimeError(_IMPORT_ERROR)
 
     _launch_backward = _launch_forward
 OPS = _native.define_row_stats_ops("cuda", _launch_forward, _launch_backward, device_guard=torch.cuda.device)
+SINGLE_PASS_OPS = _native.define_single_pass_ops("cuda", _launch_forward, _launch_backward,
+                                                 device_guard=torch.cuda.device)
 
 
 class CudaRowStats(_native.NativeRowStats):
@@ -135,6 +139,7 @@ class CudaRowStats(_native.NativeRowStats):
 
     name = "cuda"
     ops = OPS
+    single_pass_ops = SINGLE_PASS_OPS
 
     def status(self) -> BackendStatus:
         if _C_cuda is None:

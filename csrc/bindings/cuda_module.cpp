@@ -46,10 +46,14 @@ PYBIND11_MODULE(_C_cuda, m) {
       [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
          std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
-         std::uintptr_t stream, int gate) {
-        const cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
-                                                       ignore_index, lse, target_logit, sample_logit,
-                                                       sample_index);
+         std::uintptr_t stream, int gate, std::uintptr_t lse_weight, std::uintptr_t grad, int64_t grad_stride_b,
+         int64_t grad_stride_t) {
+        cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
+                                                 ignore_index, lse, target_logit, sample_logit, sample_index);
+        p.lse_weight = reinterpret_cast<const void*>(lse_weight);
+        p.grad = reinterpret_cast<void*>(grad);
+        p.grad_stride_b = grad_stride_b;
+        p.grad_stride_t = grad_stride_t;
         if (gate < 0 || gate > 2) throw std::invalid_argument("gate must be 0 (thread), 1 (warp) or 2 (row)");
         check(cudaSetDevice(device), "cudaSetDevice");
         check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream),
@@ -59,24 +63,33 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
       py::arg("stride_t"), py::arg("target"), py::arg("uniform"), py::arg("k"), py::arg("ignore_index"),
       py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
-      py::arg("stream"), py::arg("gate") = 0, py::call_guard<py::gil_scoped_release>(),
+      py::arg("stream"), py::arg("gate") = 0, py::arg("lse_weight") = 0, py::arg("grad") = 0,
+      py::arg("grad_stride_b") = 0, py::arg("grad_stride_t") = 0, py::call_guard<py::gil_scoped_release>(),
       "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
-      "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold (see csrc/cuda/launch.h).");
+      "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold (see csrc/cuda/launch.h). With "
+      "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight.");
 
   m.def(
       "backward",
       [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
          std::uintptr_t target, std::uintptr_t sample_index, std::uintptr_t lse, std::uintptr_t grad_lse,
          std::uintptr_t grad_target, std::uintptr_t grad_sample, int64_t ignore_index, std::uintptr_t grad,
-         int64_t grad_stride_b, int64_t grad_stride_t, int device, std::uintptr_t stream) {
-        const cringe::BackwardParams p =
+         int64_t grad_stride_b, int64_t grad_stride_t, int device, std::uintptr_t stream,
+         std::uintptr_t lse_weight) {
+        cringe::BackwardParams p =
             backward_params(dtype, logits, B, T, V, stride_b, stride_t, target, sample_index, lse, grad_lse,
                             grad_target, grad_sample, ignore_index, grad, grad_stride_b, grad_stride_t);
+        p.lse_weight = reinterpret_cast<const void*>(lse_weight);
         check(cudaSetDevice(device), "cudaSetDevice");
         check(cringe::cuda::launch_backward(p, reinterpret_cast<cudaStream_t>(stream)), "backward launch");
       },
-      py::call_guard<py::gil_scoped_release>(),
-      "Gradient of the logits on `stream`; grad may alias logits.");
+      py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
+      py::arg("stride_t"), py::arg("target"), py::arg("sample_index"), py::arg("lse"), py::arg("grad_lse"),
+      py::arg("grad_target"), py::arg("grad_sample"), py::arg("ignore_index"), py::arg("grad"),
+      py::arg("grad_stride_b"), py::arg("grad_stride_t"), py::arg("device"), py::arg("stream"),
+      py::arg("lse_weight") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Gradient of the logits on `stream`; grad may alias logits. With `lse_weight`, completes the gradient a "
+      "forward with the same `lse_weight` wrote into `grad`.");
 
   m.def(
       "device_count",

@@ -1,14 +1,14 @@
 // CUDA backward kernel: dx = g_lse * exp(x - lse) + g_t [j == y] + g_s [j == s].
 //
-// One block per row, one read and one write of the row, 16-byte loads and
-// stores where the row's alignment allows. Everything is computed in the
-// accumulation type and rounded once at the store (so the target column's
-// g_t is not rounded separately in bfloat16). In place works because every
-// element is read before its own store and by the same thread.
+// One block per row, one read and one write of the row (row_grad.cuh). After
+// a forward that wrote the gradient (p.lse_weight set), a row whose g_lse is
+// the forward's guess only needs its target and sampled columns: two
+// elements instead of the row.
 #include <climits>
 
 #include "common.cuh"
 #include "launch.h"
+#include "row_grad.cuh"
 
 namespace cringe {
 namespace cuda {
@@ -21,65 +21,39 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardParams
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
-  constexpr int kN = Pack<S>::kN;
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
-  const FastExp ex;
+  const Acc* lse_weight = static_cast<const Acc*>(p.lse_weight);
 
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t b = i / p.T, t = i % p.T;
     const S* in = static_cast<const S*>(p.logits) + b * p.stride_b + t * p.stride_t;
     S* out = static_cast<S*>(p.grad) + b * p.grad_stride_b + t * p.grad_stride_t;
     const int64_t y = p.target[i];
-    const bool ignored = y == p.ignore_index;
-    Acc l = Acc(0), gl = Acc(0), gt = Acc(0), gs = Acc(0);
-    int yc = -1, sc = -1;
-    if (!ignored) {
-      l = static_cast<const Acc*>(p.lse)[i];
-      gl = static_cast<const Acc*>(p.grad_lse)[i];
-      gt = static_cast<const Acc*>(p.grad_target)[i];
-      gs = static_cast<const Acc*>(p.grad_sample)[i];
+    RowGrad<Acc> g{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, y == p.ignore_index};
+    if (g.zero && lse_weight != nullptr) continue;  // the forward wrote the zeros
+    if (!g.zero) {
+      g.lse = static_cast<const Acc*>(p.lse)[i];
+      g.g_lse = static_cast<const Acc*>(p.grad_lse)[i];
+      g.g_t = static_cast<const Acc*>(p.grad_target)[i];
+      g.g_s = static_cast<const Acc*>(p.grad_sample)[i];
       const int64_t s = p.sample_index[i];
-      yc = (y >= 0 && y < V) ? static_cast<int>(y) : -1;
-      sc = (s >= 0 && s < V) ? static_cast<int>(s) : -1;
-    }
-    // Ignored rows get exact zeros whatever their logits hold (NaN included).
-    auto grad_of = [&](int col, S raw) -> S {
-      if (ignored) return Ty::store(Acc(0));
-      Acc d = gl * ex(Ty::load(raw) - l);
-      if (col == yc) d += gt;
-      if (col == sc) d += gs;
-      return Ty::store(d);
-    };
-
-    const int head = head_elements(in, V);
-    const bool out_aligned = (reinterpret_cast<uintptr_t>(out + head) & 15) == 0;
-    for (int j = threadIdx.x; j < head; j += blockDim.x) out[j] = grad_of(j, in[j]);
-    const int packs = (V - head) / kN;
-    const Pack<S>* body = reinterpret_cast<const Pack<S>*>(in + head);
-    // Store one pack computed from pk (pack index q).
-    auto emit = [&](int q, const Pack<S>& pk) {
-      Pack<S> o;
-#pragma unroll
-      for (int e = 0; e < kN; ++e) o.v[e] = grad_of(head + q * kN + e, pk.v[e]);
-      if (out_aligned) {
-        reinterpret_cast<Pack<S>*>(out + head)[q] = o;
-      } else {
-#pragma unroll
-        for (int e = 0; e < kN; ++e) out[head + q * kN + e] = o.v[e];
+      g.y = (y >= 0 && y < V) ? static_cast<int>(y) : -1;
+      g.s = (s >= 0 && s < V) ? static_cast<int>(s) : -1;
+      // The forward wrote g_lse * exp(x - lse) everywhere (same formula,
+      // same rounding): add the two sparse terms, each rounded once.
+      if (lse_weight != nullptr && g.y >= 0 && g.g_lse == lse_weight[i]) {
+        if (threadIdx.x == 0) {
+          const FastExp ex;
+          Acc dy = g.g_lse * ex(Ty::load(in[g.y]) - g.lse) + g.g_t;
+          if (g.s == g.y) dy += g.g_s;
+          out[g.y] = Ty::store(dy);
+          if (g.s >= 0 && g.s != g.y) out[g.s] = Ty::store(g.g_lse * ex(Ty::load(in[g.s]) - g.lse) + g.g_s);
+        }
+        continue;
       }
-    };
-    const int T = blockDim.x;
-    int q = threadIdx.x;
-    for (; q + (kUnroll - 1) * T < packs; q += kUnroll * T) {  // kUnroll loads in flight
-      Pack<S> pk[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) pk[u] = body[q + u * T];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) emit(q + u * T, pk[u]);
     }
-    for (; q < packs; q += T) emit(q, body[q]);
-    for (int j = head + packs * kN + threadIdx.x; j < V; j += blockDim.x) out[j] = grad_of(j, in[j]);
+    write_row_grad<D>(in, out, V, g);
   }
 }
 

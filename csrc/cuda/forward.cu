@@ -17,6 +17,7 @@
 
 #include "common.cuh"
 #include "launch.h"
+#include "row_grad.cuh"
 
 namespace cringe {
 namespace cuda {
@@ -358,8 +359,22 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
   }
 }
 
+// kWithGrad: also the single-pass gradient (ForwardParams::lse_weight): once
+// the row's lse is known the block sweeps the row again, just read, so
+// mostly from L2 (the launcher runs one block per SM, so the rows in flight,
+// 132 x 256 KB for bf16 V = 128256 on an H100, fit in its 50 MB L2), and
+// writes lse_weight * exp(x - lse). 512 threads (16 KB of loads in flight
+// per thread round): the 64 registers a 1024-thread block allows spill on
+// sm_80; float64 (gradcheck, not speed) keeps 256. The plain row-threshold
+// kernel asks for 4 blocks per SM (<= 64 registers).
 template <DType D>
-__global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(const ForwardParams p, const int k_eff) {
+constexpr int grad_threads() {
+  return std::is_same<typename Types<D>::Acc, double>::value ? kMaxThreads : 512;
+}
+
+template <DType D, bool kWithGrad>
+__global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, kWithGrad ? 1 : 4)
+    forward_row_threshold_kernel(const ForwardParams p, const int k_eff) {
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
@@ -370,6 +385,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(cons
   __shared__ RowTopK<Acc> sh;
   __shared__ Acc warp_m[32];
   __shared__ Acc warp_s[32];
+  __shared__ Acc row_lse;  // kWithGrad: the row's lse for every thread
 
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
@@ -389,6 +405,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(cons
 
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t y = p.target[i];
+    auto logits_row = [&] { return static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t; };
+    auto grad_row = [&] { return static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t; };
     if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
       if (threadIdx.x == 0) {
         const Acc v = y == p.ignore_index ? Acc(0) : Acc(NAN);
@@ -397,9 +415,16 @@ __global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(cons
         sl_out[i] = v;
         p.sample_index[i] = -1;
       }
+      // Ignored rows get zeros now; a target out of range leaves the row to
+      // the backward (it writes every row it was not promised).
+      if constexpr (kWithGrad) {
+        if (y == p.ignore_index) {
+          write_row_grad<D>(logits_row(), grad_row(), V, RowGrad<Acc>{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, true});
+        }
+      }
       continue;
     }
-    const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+    const S* row = logits_row();
     const int yc = static_cast<int>(y);
     const FastExp ex;
     LseState<Acc> st = LseState<Acc>::empty();
@@ -497,6 +522,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(cons
     st = block_lse(st, warp_m, warp_s);
     if (threadIdx.x == 0) {
       lse_out[i] = st.lse();
+      if constexpr (kWithGrad) row_lse = st.lse();
       tl_out[i] = Ty::load(row[yc]);
       if (k_eff > 0) {
         // Every non-target column was offered while the list was short, so
@@ -514,6 +540,11 @@ __global__ void __launch_bounds__(kMaxThreads) forward_row_threshold_kernel(cons
     }
     // The list and the warp partials are reused by the next row.
     __syncthreads();
+    if constexpr (kWithGrad) {
+      // Same formula and rounding as the backward kernel's dense term.
+      const Acc w = static_cast<const Acc*>(p.lse_weight)[i];
+      write_row_grad<D>(row, grad_row(), V, RowGrad<Acc>{w, row_lse, Acc(0), Acc(0), -1, -1, false});
+    }
   }
 }
 
@@ -524,11 +555,27 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStre
   const int64_t N = p.B * p.T;
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
-  if (gate == ForwardGate::kRow) {
-    int threads = kMaxThreads;
+  if (p.grad != nullptr) {
+    // One block per SM: the rows in flight stay in L2 until their sweep.
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    int threads = grad_threads<D>();
     while (threads > 32 && threads / 2 >= packs) threads /= 2;  // short rows
-    CRINGE_LAUNCH(grid, threads, 0, stream, forward_row_threshold_kernel<D>)(p, k_eff);
+    const unsigned blocks = static_cast<unsigned>(N < sms ? N : sms);
+    CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, true>)(p, k_eff);
     return cudaGetLastError();
+  }
+  // float64 (gradcheck, not speed) keeps the per-thread lists for every gate:
+  // one kernel fewer, and its row-threshold form spills.
+  if constexpr (!std::is_same<Acc, double>::value) {
+    if (gate == ForwardGate::kRow) {
+      int threads = kMaxThreads;
+      while (threads > 32 && threads / 2 >= packs) threads /= 2;  // short rows
+      CRINGE_LAUNCH(grid, threads, 0, stream, forward_row_threshold_kernel<D, false>)(p, k_eff);
+      return cudaGetLastError();
+    }
   }
   const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
   int threads = kMaxThreads;
@@ -536,7 +583,6 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStre
   while (threads > 32 && static_cast<size_t>(threads) * per_thread > kListBytes) threads /= 2;
   while (threads > 32 && threads / 2 >= packs) threads /= 2;
   const size_t smem = threads * per_thread;
-  // float64 walks column by column (no pack gate): one variant is enough.
   if constexpr (!std::is_same<Acc, double>::value) {
     if (gate == ForwardGate::kWarp) {
       CRINGE_LAUNCH(grid, threads, smem, stream, forward_kernel<D, ForwardGate::kWarp>)(p, k_eff);
@@ -551,6 +597,7 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStre
 
 cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate) {
   if (p.B < 0 || p.T < 0 || p.V < 2 || p.V > kMaxV || p.k < 0) return cudaErrorInvalidValue;
+  if ((p.grad == nullptr) != (p.lse_weight == nullptr)) return cudaErrorInvalidValue;
   const int64_t k_eff = p.k < p.V - 1 ? p.k : p.V - 1;
   if (k_eff > kMaxK || (k_eff > 0 && p.uniform == nullptr)) return cudaErrorInvalidValue;
   if (p.B * p.T == 0) return cudaSuccess;

@@ -37,6 +37,10 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 // (benchmarks/PERF_NOTES.md).
 enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2 };
 
+// With p.grad and p.lse_weight set, the forward also writes the gradient for
+// d loss / d lse = lse_weight (the single-pass form: one read and one write
+// of the logits in all; always the kRow strategy, `gate` is not used), and a
+// backward given the same lse_weight completes it.
 cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate = ForwardGate::kThread);
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
 

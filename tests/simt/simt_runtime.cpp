@@ -1,5 +1,5 @@
 // Scheduler of the SIMT simulator (simt_host.h) and the few CUDA runtime
-// calls the binding makes, so the simulated module links without libcudart.
+// calls the binding and the launchers make, so the simulated module links without libcudart.
 //
 // Each simulated CUDA thread is a fiber with its own stack. A block's fibers
 // run round-robin on the calling OS thread; a fiber runs until it finishes or
@@ -299,6 +299,19 @@ cudaError_t cudaGetLastError(void) {
 }
 
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+// A small device: a persistent grid of this many blocks still loops over rows.
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  *value = 3;
+  return cudaSuccess;
+}
 
 cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;

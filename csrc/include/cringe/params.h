@@ -26,6 +26,13 @@ struct ForwardParams {
   void* target_logit;      // [N] Acc
   void* sample_logit;      // [N] Acc
   int64_t* sample_index;   // [N]
+  // Single pass (CUDA launch_forward_with_grad only; null otherwise): for a
+  // guess lse_weight of d loss / d lse, each non-ignored row with a target in
+  // range also gets grad = lse_weight * exp(x - lse), written while the row
+  // is read; the backward with the same lse_weight completes it.
+  const void* lse_weight;  // [N] Acc
+  void* grad;              // [B, T, V] of the logits' dtype
+  int64_t grad_stride_b, grad_stride_t;
 };
 
 struct BackwardParams {
@@ -42,6 +49,10 @@ struct BackwardParams {
   int64_t ignore_index;
   void* grad;                   // [B, T, V] of the logits' dtype
   int64_t grad_stride_b, grad_stride_t;  // == logits' strides when in place
+  // Null, or the lse_weight of a forward with grad into this same `grad`
+  // (CUDA only): rows whose grad_lse equals it only get their target and
+  // sampled columns, ignored rows nothing; the rest are written in full.
+  const void* lse_weight;       // [N] Acc
 };
 
 }  // namespace cringe
