@@ -79,19 +79,24 @@ def edge_cases(backend: str, dev: str, quick: bool) -> int:
                 full[2, 2, 0] = float("nan")
                 y = torch.randint(0, V, (3, 4), device=dev, generator=g)
                 y[0, 0] = -100
-                for inplace in (False, True):
+                # Two-pass, in place, and the single pass (gradient in the
+                # forward; the scaled loss makes the backward redo some rows).
+                for inplace, single, scale in ((False, False, 1.0), (True, False, 1.0), (False, True, 1.0),
+                                               (False, True, 0.5)):
                     leaf = full.clone().requires_grad_(True)
                     # Rows misaligned for 16-byte access; the in-place backward
                     # writes over a non-leaf that nothing else reads.
                     x = (leaf * 1)[:, :-1] if inplace else leaf[:, :-1]
                     loss = ck.cringe_loss(x, y, fb, k=k, backend=backend, inplace_backward=inplace,
-                                          ct_on_positives=True)
-                    loss.backward()
+                                          grad_in_forward=single, ct_on_positives=True)
+                    (loss * scale).backward()
                     cases += 1
             with ck.value_checks(False):
                 bad = torch.tensor([[V, -7, 0, 1]] * 3, device=dev)
-                ck.cringe_loss(torch.randn(3, 4, V, device=dev, dtype=dtype), bad, fb, backend=backend)
-                cases += 1
+                for single in (False, True):
+                    xb = torch.randn(3, 4, V, device=dev, dtype=dtype, requires_grad=True)
+                    ck.cringe_loss(xb, bad, fb, backend=backend, grad_in_forward=single).backward()
+                    cases += 1
     empty = torch.randn(0, 4, 10, device=dev, requires_grad=True)
     ck.cringe_loss(empty, torch.zeros(0, 4, dtype=torch.long, device=dev),
                    torch.zeros(0, 1, dtype=torch.bool, device=dev), backend=backend).backward()

@@ -89,6 +89,23 @@ def test_every_kernel_backend_also_runs_in_place():
         assert backend in names and f"{backend}-inplace" in names
 
 
+def test_a_single_pass_backend_gets_a_binary_only_provider(monkeypatch):
+    # The CUDA kernels under the simulator stand in for the cuda backend.
+    cuda_sim = pytest.importorskip("cuda_sim")
+    if cuda_sim.MODULE is None:
+        pytest.skip("the CUDA simulator module is not built")
+    monkeypatch.setattr(providers, "kernel_backends", lambda device: ["cuda_sim"])
+    by_name = {p.name: p for p in providers.all_providers("cpu")}
+    single = by_name["cuda_sim-single-pass"]
+    assert single.losses() == ("binary",) and by_name["cuda_sim"].losses() == providers.CRINGE_LOSSES
+    x = torch.randn(2, 3, 50, requires_grad=True)
+    target = torch.randint(0, 50, (2, 3))
+    feedback = torch.tensor([[True], [False]])
+    loss = single.fn("binary")(x, target, feedback, torch.rand(2, 3))
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
 # ---------------------------------------------------------------- numbers
 
 
@@ -362,13 +379,15 @@ def test_list_providers_says_what_runs_here(capsys):
 def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
     """benchmarks/kernel_tune.py (run by gpu_check.sh) works end to end: every
     launch it makes, its CSV and the configuration it hands on. On the CPU
-    through Triton's interpreter, so a broken script never costs GPU time."""
+    through Triton's interpreter and (CRINGE_KERNELS_TUNE_CUDA_SIM=1) the CUDA
+    simulator, so a broken script never costs GPU time."""
     pytest.importorskip("triton")
+    cuda_sim = pytest.importorskip("cuda_sim")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_tune.py"
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", CRINGE_KERNELS_TUNE_CUDA_SIM="1")
     out = subprocess.run(
         [sys.executable, str(script), "--N", "3", "--V", "70", "--csv", str(tmp_path / "t.csv"),
-         "--best-fwd", str(tmp_path / "best.txt")],
+         "--best-fwd", str(tmp_path / "best.txt"), "--best-cuda-gate", str(tmp_path / "gate.txt")],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -377,3 +396,9 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
     assert {"copy", "triton-fwd", "triton-fwd-k0", "triton-bwd"} <= kinds
     block, warps, sub = (int(v) for v in (tmp_path / "best.txt").read_text().split(","))
     assert block & (block - 1) == 0 and sub <= block and warps in (4, 8, 16)
+    if cuda_sim.MODULE is not None:
+        assert {"cuda-fwd", "cuda-bwd", "cuda-fwd+grad", "cuda-bwd-sparse"} <= kinds, out.stdout[-3000:]
+        # Every CUDA forward agreed with Triton's, and the single pass
+        # completed to the two-pass gradient bit for bit.
+        assert "completed gradient == two-pass gradient: True" in out.stdout
+        assert (tmp_path / "gate.txt").read_text().strip() in ("thread", "warp", "row")

@@ -10,6 +10,10 @@ Cringe providers (losses ``binary`` and ``pairwise``):
 ``<backend>``, ``<backend>-inplace``
     Every kernel backend in ``available_backends(device)``, and the same with
     ``inplace_backward=True`` (the gradient overwrites the logits).
+``<backend>-single-pass``
+    Binary loss only, for a backend with a single-pass kernel (``cuda``):
+    ``grad_in_forward=True``, the gradient written during the forward, so
+    compare it in ``full`` mode (its ``bwd`` is nearly free).
 
 Cross-entropy providers (loss ``ce``), the floor a fused Cringe loss is
 measured against, since Cringe does the same vocabulary pass plus a top-k:
@@ -76,9 +80,12 @@ class Provider:
     extra_bytes: Callable[[int, int], int] = lambda n, s: n * s
     note: str = ""
     unavailable: str = ""
+    only: Optional[tuple] = None
     _cache: Dict[str, Callable] = field(default_factory=dict, repr=False)
 
     def losses(self) -> tuple:
+        if self.only is not None:
+            return self.only
         return CRINGE_LOSSES if self.family == "cringe" else ("ce",)
 
     def fn(self, loss: str) -> Callable:
@@ -88,7 +95,7 @@ class Provider:
         return self._cache[loss]
 
 
-def cringe_fn(loss: str, backend: str, k: int, inplace: bool = False) -> Callable:
+def cringe_fn(loss: str, backend: str, k: int, inplace: bool = False, single_pass: bool = False) -> Callable:
     """Plain function computing the ``loss`` Cringe loss with ``backend``."""
     from .. import cringe_loss, pairwise_cringe_loss
 
@@ -96,6 +103,9 @@ def cringe_fn(loss: str, backend: str, k: int, inplace: bool = False) -> Callabl
     if inplace:
         opts["inplace_backward"] = True
     if loss == "binary":
+        if single_pass:
+            opts["grad_in_forward"] = True
+
         def binary(logits, target, feedback, uniform):
             return cringe_loss(logits, target, feedback, uniform=uniform, **opts)
         return binary
@@ -194,6 +204,11 @@ def all_providers(device, k: int = 5) -> List[Provider]:
         providers.append(Provider(f"{name}-inplace", "cringe", lambda loss, b=name: cringe_fn(loss, b, k, True),
                                   mutates="backward", extra_bytes=lambda n, s: 0,
                                   note=f"backend={name!r}, inplace_backward=True"))
+        if _has_single_pass(name):
+            providers.append(Provider(f"{name}-single-pass", "cringe",
+                                      lambda loss, b=name: cringe_fn(loss, b, k, single_pass=True),
+                                      extra_bytes=lambda n, s: n * s, only=("binary",),
+                                      note=f"backend={name!r}, grad_in_forward=True (gradient in the forward)"))
     providers += [
         Provider("ce-eager", "ce", lambda loss: ce_fn, extra_bytes=lambda n, s: n * (2 * s + 4),
                  note="F.cross_entropy, eager"),
@@ -236,16 +251,30 @@ def select(providers: List[Provider], names: Optional[List[str]], device="cpu") 
     # A backend asked for by name but not available here is recorded as
     # skipped rather than dropped, so the output says why it is missing.
     for name in sorted(wanted - known):
-        base = name[: -len("-inplace")] if name.endswith("-inplace") else name
+        base = _base_backend(name)
         chosen.append(Provider(name, "cringe", lambda loss: None,
                                unavailable=_backend_reason(base, torch.device(device))))
     return chosen
 
 
+def _has_single_pass(name: str) -> bool:
+    from ..backends import _load
+
+    return bool(getattr(_load(name), "single_pass", False))
+
+
+def _base_backend(name: str) -> str:
+    """``cuda`` for ``cuda``, ``cuda-inplace`` and ``cuda-single-pass``."""
+    for suffix in ("-inplace", "-single-pass"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def _is_backend_name(name: str) -> bool:
     from ..backends import PUBLIC_BACKENDS
 
-    base = name[: -len("-inplace")] if name.endswith("-inplace") else name
+    base = _base_backend(name)
     return base in PUBLIC_BACKENDS and base != "reference"
 
 
