@@ -51,6 +51,45 @@ __device__ __forceinline__ void warp_lse(LseState<Acc>& st) {
   }
 }
 
+// Adds the kN columns of one 16-byte pack (float accumulation) to the
+// running (max, sum-exp) and returns the pack max (NaN ignored), which the
+// caller also uses as its top-k gate. Per column: one max, one exp on the SFU
+// and one add (a pairwise sum: a short dependency chain); the running max
+// moves, with a rescale, only when the pack max passes it. `shift` mirrors
+// st.shift() in a register.
+template <int kN>
+__device__ __forceinline__ float lse_add_pack(LseState<float>& st, float& shift, const float (&x)[kN]) {
+  float pm = x[0];
+#pragma unroll
+  for (int e = 1; e < kN; ++e) pm = max_ignoring_nan(pm, x[e]);
+  if (pm > st.m) {
+    st.raise_to(pm, FastExp());
+    shift = st.shift();
+  }
+  const float nsl = -shift * 1.4426950408889634f;
+  float t[kN];
+#pragma unroll
+  for (int e = 0; e < kN; ++e) t[e] = exp_shifted_ftz(x[e], nsl);
+#pragma unroll
+  for (int w = 1; w < kN; w *= 2) {
+#pragma unroll
+    for (int e = 0; e + w < kN; e += 2 * w) t[e] += t[e + w];
+  }
+  st.s += t[0];
+  return pm;
+}
+
+// The outputs of a row no kernel streams: 0 for an ignored row, NaN for a
+// target out of range (value checks off), and no sample.
+template <class Acc>
+__device__ __forceinline__ void write_skipped_row(const ForwardParams& p, int64_t i, int64_t y) {
+  const Acc v = y == p.ignore_index ? Acc(0) : Acc(NAN);
+  static_cast<Acc*>(p.lse)[i] = v;
+  static_cast<Acc*>(p.target_logit)[i] = v;
+  static_cast<Acc*>(p.sample_logit)[i] = v;
+  p.sample_index[i] = -1;
+}
+
 // Merges every thread's (max, sum-exp) of the row; thread 0 returns the
 // row's. One barrier; warp_m and warp_s are free again after the next one.
 template <class Acc>
@@ -99,13 +138,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t y = p.target[i];
     if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
-      if (threadIdx.x == 0) {
-        const Acc v = y == p.ignore_index ? Acc(0) : Acc(NAN);
-        lse_out[i] = v;
-        tl_out[i] = v;
-        sl_out[i] = v;
-        p.sample_index[i] = -1;
-      }
+      if (threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);
       continue;
     }
     const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
@@ -148,24 +181,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
               if (k_eff > 0) offer(col0 + e, x[e]);
             }
           } else {
-            Acc pm = x[0];
-#pragma unroll
-            for (int e = 1; e < kN; ++e) pm = max_ignoring_nan(pm, x[e]);
-            if (pm > st.m) {
-              st.raise_to(pm, ex);
-              shift = st.shift();
-            }
-            const float nsl = -shift * 1.4426950408889634f;
-            Acc t[kN];
-#pragma unroll
-            for (int e = 0; e < kN; ++e) t[e] = exp_shifted_ftz(x[e], nsl);
-            // Pairwise sum: a short dependency chain per pack.
-#pragma unroll
-            for (int w = 1; w < kN; w *= 2) {
-#pragma unroll
-              for (int e = 0; e + w < kN; e += 2 * w) t[e] += t[e + w];
-            }
-            st.s += t[0];
+            const Acc pm = lse_add_pack(st, shift, x);
             bool may_hold = pm > thr || tk.count < k_eff;
             if constexpr (kGate == ForwardGate::kWarp) {
               // Another lane's full list beats every column below its k-th
@@ -408,13 +424,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
     auto logits_row = [&] { return static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t; };
     auto grad_row = [&] { return static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t; };
     if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
-      if (threadIdx.x == 0) {
-        const Acc v = y == p.ignore_index ? Acc(0) : Acc(NAN);
-        lse_out[i] = v;
-        tl_out[i] = v;
-        sl_out[i] = v;
-        p.sample_index[i] = -1;
-      }
+      if (threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);
       // Ignored rows get zeros now; a target out of range leaves the row to
       // the backward (it writes every row it was not promised).
       if constexpr (kWithGrad) {
@@ -472,28 +482,16 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
         Acc x[kN];
 #pragma unroll
         for (int e = 0; e < kN; ++e) x[e] = Ty::load(pk[u].v[e]);
-        Acc pm = x[0];
-#pragma unroll
-        for (int e = 1; e < kN; ++e) pm = max_ignoring_nan(pm, x[e]);
-        pmax[u] = pm;
         if constexpr (!std::is_same<Acc, float>::value) {
+          Acc pm = x[0];
 #pragma unroll
-          for (int e = 0; e < kN; ++e) st.push(x[e], ex);  // float64: the accurate path
+          for (int e = 0; e < kN; ++e) {
+            pm = max_ignoring_nan(pm, x[e]);
+            st.push(x[e], ex);  // float64: the accurate path
+          }
+          pmax[u] = pm;
         } else {
-          if (pm > st.m) {
-            st.raise_to(pm, ex);
-            shift = st.shift();
-          }
-          const float nsl = -shift * 1.4426950408889634f;
-          Acc t[kN];
-#pragma unroll
-          for (int e = 0; e < kN; ++e) t[e] = exp_shifted_ftz(x[e], nsl);
-#pragma unroll
-          for (int w = 1; w < kN; w *= 2) {
-#pragma unroll
-            for (int e = 0; e + w < kN; e += 2 * w) t[e] += t[e + w];
-          }
-          st.s += t[0];
+          pmax[u] = lse_add_pack(st, shift, x);
         }
       }
       if (k_eff == 0) continue;
