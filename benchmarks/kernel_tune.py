@@ -111,7 +111,7 @@ def main() -> int:
     for block, warps, sub in fwd_configs:
         def fwd(block=block, warps=warps, sub=sub, kk=k, kp=kpad):
             tk.row_stats_fwd_kernel[(N,)](
-                x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+                x, target, u, lse, tlog, slog, sidx, lse, x, 1 * N, V, x.stride(0), x.stride(1), 0, 0, -100,
                 ACC=acc_tl, K=kk, KPAD=kp, BLOCK=block, SUB=sub, num_warps=warps)
         try:
             record("triton-fwd", f"BLOCK={block} warps={warps} SUB={sub}", bench(fwd), N * V * es,
@@ -122,24 +122,33 @@ def main() -> int:
     for block, warps in ((2048, 4), (4096, 8)):
         def fwd0(block=block, warps=warps):
             tk.row_stats_fwd_kernel[(N,)](
-                x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+                x, target, u, lse, tlog, slog, sidx, lse, x, 1 * N, V, x.stride(0), x.stride(1), 0, 0, -100,
                 ACC=acc_tl, K=0, KPAD=1, BLOCK=block, SUB=block, num_warps=warps)
         record("triton-fwd-k0", f"BLOCK={block} warps={warps}", bench(fwd0), N * V * es)
     # Leave the k > 0 results of the best configuration for the comparisons below.
     best_fwd = min((r for r in rows if r["kind"] == "triton-fwd"), key=lambda r: r["ms"])
     bb, bw, bs = best_fwd["params"]
     tk.row_stats_fwd_kernel[(N,)](
-        x, target, u, lse, tlog, slog, sidx, 1 * N, V, x.stride(0), x.stride(1), -100,
+        x, target, u, lse, tlog, slog, sidx, lse, x, 1 * N, V, x.stride(0), x.stride(1), 0, 0, -100,
         ACC=acc_tl, K=k, KPAD=kpad, BLOCK=bb, SUB=bs, num_warps=bw)
     fwd_ref = sidx.clone()
     lse_ref = lse.clone()
+    # The Triton single pass at that configuration: forward + gradient sweep.
+    single_t = torch.empty_like(x)
+
+    def fwd_grad():
+        tk.row_stats_fwd_kernel[(N,)](
+            x, target, u, lse, tlog, slog, sidx, grads[0], single_t, 1 * N, V, x.stride(0), x.stride(1),
+            single_t.stride(0), single_t.stride(1), -100, ACC=acc_tl, K=k, KPAD=kpad, BLOCK=bb, SUB=bs,
+            WITH_GRAD=True, BF16_BY_HAND=dev.type == "cpu" and dtype == torch.bfloat16, num_warps=bw)
+    record("triton-fwd+grad", f"BLOCK={bb} warps={bw} SUB={bs}", bench(fwd_grad), 2 * N * V * es)
 
     for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
         if True:
             def bwd(block=block, warps=warps):
                 tk.row_stats_bwd_kernel[(N, triton.cdiv(V, block))](
                     x, out, target, sidx, lse, *grads, N, V, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                    -100, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False, num_warps=warps)
+                    -100, lse, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False, num_warps=warps)
             try:
                 record("triton-bwd", f"BLOCK={block} warps={warps}", bench(bwd), 2 * N * V * es)
             except Exception as err:
@@ -217,7 +226,8 @@ def main() -> int:
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter)"
     print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}; "
           f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
-    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad", "cuda-bwd-sparse"):
+    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad",
+                 "cuda-bwd-sparse"):
         best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
         if best:
             print(f"best {kind:11s} {best['config']:24s} {best['ms']:.3f} ms, {best['gbps'] / copy_gbps:.2f} of copy")

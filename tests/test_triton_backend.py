@@ -401,6 +401,55 @@ def test_inplace_backward_equals_out_of_place():
     assert (full[:, -1] == 7.0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("V,k,block_v", [(7, 6, None), (100, 5, 16), (1001, 17, None)])
+def test_single_pass_completes_to_the_two_pass_gradient(dtype, V, k, block_v):
+    # grad_in_forward: the forward writes lse_weight * exp(x - lse) (zeros on
+    # ignored rows; a target out of range is left to the backward), the
+    # backward completes it. For the guessed, another and a zero grad_lse the
+    # result is the two-pass gradient bit for bit.
+    B, T = 2, 4
+    x = make_logits(B, T, V, dtype=dtype, strided=True, seed=V)
+    target = make_target(B, T, V, seed=V).reshape(-1)
+    target[3] = V + 5
+    u = make_uniform(B * T, seed=V)
+    be = TritonRowStats(block_v)
+    acc = stats_dtype(dtype)
+    g = torch.Generator().manual_seed(V)
+    weight = torch.where(torch.rand(B * T, generator=g) < 0.5, 0.125, 0.0).to(acc).to(DEVICE)
+    stats, grad = be.forward_with_grad(x, target, u, k, IGNORE, weight)
+    want_stats = be.forward(x, target, u, k, IGNORE)
+    for a, b in zip(stats, want_stats):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    g_t, g_s = (torch.randn(B * T, generator=g).to(acc).to(DEVICE) for _ in range(2))
+    other = torch.where(torch.arange(B * T) % 3 == 0, 0.5, 0.125).to(acc).to(DEVICE)
+    for grad_lse in (weight, other, torch.zeros_like(weight)):
+        got = be.backward_with_grad(grad.clone(), x, target, stats.sample_index, stats.lse, weight, grad_lse, g_t,
+                                    g_s, IGNORE)
+        want = be.backward(x, target, stats.sample_index, stats.lse, grad_lse, g_t, g_s, IGNORE, False)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_single_pass_loss_matches_reference():
+    B, T, V = 2, 3, 40
+    x = make_logits(B, T, V, strided=True, seed=2)
+    target = make_target(B, T, V, seed=2)
+    feedback = torch.tensor([[0], [1]], device=DEVICE)
+    u = make_uniform((B, T), seed=2)
+    want = losses_and_grads("reference", x, target, feedback, u)
+    got = losses_and_grads("triton", x, target, feedback, u, grad_in_forward=True)
+    torch.testing.assert_close(got[0].loss, want[0].loss, rtol=2e-5, atol=2e-6)
+    assert torch.equal(got[0].sample_index, want[0].sample_index)
+    torch.testing.assert_close(got[1], want[1], rtol=2e-5, atol=1e-7)
+    ops = torch.ops.cringe_kernels
+    xx, tt, uu = _op_args()
+    w = torch.full((6,), 0.25, device=DEVICE)
+    torch.library.opcheck(ops.triton_row_stats_with_grad, (xx, tt, uu, 5, IGNORE, 0, 0, w))
+    *st, grad = ops.triton_row_stats_with_grad(xx, tt, uu, 5, IGNORE, 8, 0, w)
+    gg = torch.randn(6, device=DEVICE)
+    torch.library.opcheck(ops.triton_row_grad_complete_, (grad, xx, tt, st[3], st[0], w, w.clone(), gg, gg, IGNORE, 8))
+
+
 def test_gradcheck_float64():
     B, T, V = 1, 3, 7
     x = make_logits(B, T, V, torch.float64, seed=9).requires_grad_()

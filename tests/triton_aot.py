@@ -35,29 +35,33 @@ def _aligned(fn, names):
     return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
 
 
-def forward(dtype, acc, K, block, sub, warps):
+def forward(dtype, acc, K, block, sub, warps, with_grad=False):
     sig = dict(x_ptr=f"*{dtype}", target_ptr="*i64", uniform_ptr="*fp32", lse_ptr=f"*{acc}", tlogit_ptr=f"*{acc}",
-               slogit_ptr=f"*{acc}", sidx_ptr="*i64", T="i32", V="i32", stride_b="i64", stride_t="i64",
-               ignore_index="i64", ACC="constexpr", K="constexpr", KPAD="constexpr", BLOCK="constexpr",
-               SUB="constexpr")
+               slogit_ptr=f"*{acc}", sidx_ptr="*i64", w_ptr=f"*{acc}", out_ptr=f"*{dtype}", T="i32", V="i32",
+               stride_b="i64", stride_t="i64", out_stride_b="i64", out_stride_t="i64", ignore_index="i64",
+               ACC="constexpr", K="constexpr", KPAD="constexpr", BLOCK="constexpr", SUB="constexpr",
+               WITH_GRAD="constexpr", BF16_BY_HAND="constexpr")
     const = dict(ACC=tl.float64 if acc == "fp64" else tl.float32, K=K, KPAD=triton.next_power_of_2(max(K, 1)),
-                 BLOCK=block, SUB=sub)
+                 BLOCK=block, SUB=sub, WITH_GRAD=with_grad, BF16_BY_HAND=False)
     fn = k.row_stats_fwd_kernel
     attrs = _aligned(fn, ["x_ptr", "target_ptr", "uniform_ptr", "lse_ptr", "tlogit_ptr", "slogit_ptr", "sidx_ptr",
-                          "V", "stride_b", "stride_t"])
-    return f"fwd {dtype} K={K} BLOCK={block} SUB={sub} warps={warps}", ASTSource(fn, sig, const, attrs), warps
+                          "w_ptr", "out_ptr", "V", "stride_b", "stride_t", "out_stride_b", "out_stride_t"])
+    name = f"fwd{'+grad' if with_grad else ''} {dtype} K={K} BLOCK={block} SUB={sub} warps={warps}"
+    return name, ASTSource(fn, sig, const, attrs), warps
 
 
-def backward(dtype, acc, block, warps):
+def backward(dtype, acc, block, warps, single_pass=False):
     sig = dict(x_ptr=f"*{dtype}", out_ptr=f"*{dtype}", target_ptr="*i64", sidx_ptr="*i64", lse_ptr=f"*{acc}",
                glse_ptr=f"*{acc}", gt_ptr=f"*{acc}", gs_ptr=f"*{acc}", T="i32", V="i32", stride_b="i64",
-               stride_t="i64", out_stride_b="i64", out_stride_t="i64", ignore_index="i64", ACC="constexpr",
-               BLOCK="constexpr", BF16_BY_HAND="constexpr")
-    const = dict(ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK=block, BF16_BY_HAND=False)
+               stride_t="i64", out_stride_b="i64", out_stride_t="i64", ignore_index="i64", w_ptr=f"*{acc}",
+               ACC="constexpr", BLOCK="constexpr", BF16_BY_HAND="constexpr", SINGLE_PASS="constexpr")
+    const = dict(ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK=block, BF16_BY_HAND=False,
+                 SINGLE_PASS=single_pass)
     fn = k.row_stats_bwd_kernel
     attrs = _aligned(fn, ["x_ptr", "out_ptr", "target_ptr", "sidx_ptr", "lse_ptr", "glse_ptr", "gt_ptr", "gs_ptr",
-                          "V", "stride_b", "stride_t", "out_stride_b", "out_stride_t"])
-    return f"bwd {dtype} BLOCK={block} warps={warps}", ASTSource(fn, sig, const, attrs), warps
+                          "w_ptr", "V", "stride_b", "stride_t", "out_stride_b", "out_stride_t"])
+    name = f"bwd{'-complete' if single_pass else ''} {dtype} BLOCK={block} warps={warps}"
+    return name, ASTSource(fn, sig, const, attrs), warps
 
 
 CASES = [
@@ -66,8 +70,10 @@ CASES = [
     forward("fp16", "fp32", 0, 2048, 2048, 4),   # no sampling
     forward("fp32", "fp32", 64, 1024, 1024, 4),  # the default for k > 8
     forward("fp64", "fp64", 3, 256, 256, 4),     # float64 (gradcheck): libdevice exp/log
+    forward("bf16", "fp32", 5, 2048, 2048, 4, with_grad=True),  # the single pass
     backward("bf16", "fp32", 4096, 8),
     backward("fp64", "fp64", 4096, 8),
+    backward("bf16", "fp32", 4096, 8, single_pass=True),  # completing the single pass
 ]
 
 

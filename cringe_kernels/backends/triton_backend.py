@@ -127,7 +127,7 @@ def _check_layout(logits: torch.Tensor) -> None:
         raise ValueError(f"the triton backend supports V < 2**30 columns; got V={V}")
 
 
-def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v):
+def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, lse_weight=None, grad=None):
     B, T, V = logits.shape
     N = B * T
     acc = stats_dtype(logits.dtype)
@@ -137,6 +137,7 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v):
     s_index = torch.empty(N, dtype=torch.long, device=logits.device)
     if N == 0 or (_interpreting() and _tracing(logits)):
         return lse, t_logit, s_logit, s_index
+    with_grad = grad is not None
     block, warps, sub = _fwd_config(V, k)
     if block_v > 0:
         block, warps, sub = block_v, _num_warps(block_v), block_v
@@ -148,13 +149,17 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v):
     with _on_device(logits):
         torch.library.wrap_triton(_k.row_stats_fwd_kernel)[(N,)](
             logits, target, u, lse, t_logit, s_logit, s_index,
-            T, V, logits.stride(0), logits.stride(1), ignore_index,
-            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, SUB=sub, num_warps=warps,
+            lse_weight if with_grad else lse, grad if with_grad else logits,
+            T, V, logits.stride(0), logits.stride(1),
+            grad.stride(0) if with_grad else 0, grad.stride(1) if with_grad else 0, ignore_index,
+            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, SUB=sub, WITH_GRAD=with_grad,
+            BF16_BY_HAND=with_grad and _interpreting() and logits.dtype == torch.bfloat16, num_warps=warps,
         )
     return lse, t_logit, s_logit, s_index
 
 
-def _launch_backward(logits, out, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, block_v):
+def _launch_backward(logits, out, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, block_v,
+                     lse_weight=None):
     B, T, V = logits.shape
     N = B * T
     if N == 0 or (_interpreting() and _tracing(logits)):
@@ -167,8 +172,9 @@ def _launch_backward(logits, out, target, sample_index, lse, grad_lse, grad_targ
         torch.library.wrap_triton(_k.row_stats_bwd_kernel)[grid](
             logits, out, target, sample_index, lse, grad_lse, grad_target, grad_sample,
             T, V, logits.stride(0), logits.stride(1), out.stride(0), out.stride(1), ignore_index,
+            lse_weight if lse_weight is not None else lse,
             ACC=_acc(logits.dtype), BLOCK=block, BF16_BY_HAND=_interpreting() and logits.dtype == torch.bfloat16,
-            num_warps=_num_warps(block),
+            SINGLE_PASS=lse_weight is not None, num_warps=_num_warps(block),
         )
 
 
@@ -255,6 +261,43 @@ if _IMPORT_ERROR is None:
                          ignore_index, block_v)
 
 
+    @_register("cringe_kernels::triton_row_stats_with_grad", mutates_args=())
+    def triton_row_stats_with_grad(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        uniform: Optional[torch.Tensor],
+        k: int,
+        ignore_index: int,
+        block_v: int,
+        sub_v: int,
+        lse_weight: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The single pass: the statistics and ``lse_weight * exp(x - lse)``
+        (zeros on ignored rows) as a new ``[B, T, V]`` tensor; see
+        :meth:`cringe_kernels.backends.base.RowStatsBackend.forward_with_grad`."""
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        stats = _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, lse_weight, grad)
+        return (*stats, grad)
+
+    @_register("cringe_kernels::triton_row_grad_complete_", mutates_args={"grad"})
+    def triton_row_grad_complete_(
+        grad: torch.Tensor,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        sample_index: torch.Tensor,
+        lse: torch.Tensor,
+        lse_weight: torch.Tensor,
+        grad_lse: torch.Tensor,
+        grad_target: torch.Tensor,
+        grad_sample: torch.Tensor,
+        ignore_index: int,
+        block_v: int,
+    ) -> None:
+        """Completes ``grad`` from :func:`triton_row_stats_with_grad` in place."""
+        _launch_backward(logits, grad, target, sample_index, lse, grad_lse, grad_target, grad_sample,
+                         ignore_index, block_v, lse_weight)
+
+
 class TritonRowStats(RowStatsBackend):
     """Row statistics with Triton kernels (CUDA, or the CPU interpreter).
 
@@ -311,6 +354,34 @@ class TritonRowStats(RowStatsBackend):
             uniform = None
         return RowStats(*torch.ops.cringe_kernels.triton_row_stats(
             logits, target, uniform, k_eff, ignore_index, self.block_v, self.sub_v))
+
+    single_pass = True
+
+    @torch.no_grad()
+    def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):
+        _check_layout(logits)
+        k_eff = min(k, logits.shape[-1] - 1)
+        if k_eff > MAX_KERNEL_K:  # the PyTorch fallback has no single pass
+            return super().forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
+        *stats, grad = torch.ops.cringe_kernels.triton_row_stats_with_grad(
+            logits, target, uniform if k_eff > 0 else None, k_eff, ignore_index, self.block_v, self.sub_v,
+            lse_weight.to(stats_dtype(logits.dtype)).contiguous())
+        return RowStats(*stats), grad
+
+    @torch.no_grad()
+    def backward_with_grad(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
+                           grad_sample, ignore_index):
+        if grad is None:
+            return super().backward_with_grad(grad, logits, target, sample_index, lse, lse_weight, grad_lse,
+                                              grad_target, grad_sample, ignore_index)
+        _check_layout(logits)
+        acc = stats_dtype(logits.dtype)
+        grad_lse, grad_target, grad_sample, lse_weight = (
+            g.to(acc).contiguous() for g in (grad_lse, grad_target, grad_sample, lse_weight))
+        torch.ops.cringe_kernels.triton_row_grad_complete_(
+            grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample, ignore_index,
+            self.block_v)
+        return grad
 
     @torch.no_grad()
     def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):

@@ -139,16 +139,22 @@ def row_stats_fwd_kernel(
     tlogit_ptr,       # [N] ACC
     slogit_ptr,       # [N] ACC
     sidx_ptr,         # [N] int64
+    w_ptr,            # [N] ACC, the guess of d loss / d lse (WITH_GRAD only)
+    out_ptr,          # [B, T, V] gradient, last stride 1 (WITH_GRAD only)
     T,
     V,
     stride_b,
     stride_t,
+    out_stride_b,
+    out_stride_t,
     ignore_index,
     ACC: tl.constexpr,      # tl.float32, or tl.float64 for float64 logits
     K: tl.constexpr,        # k_eff = min(k, V - 1); 0 disables sampling
     KPAD: tl.constexpr,     # power of two >= max(K, 1)
     BLOCK: tl.constexpr,    # columns per step, power of two
     SUB: tl.constexpr,      # columns per top-k offer, a power of two dividing BLOCK
+    WITH_GRAD: tl.constexpr = False,    # the single pass: also write w * exp(x - lse)
+    BF16_BY_HAND: tl.constexpr = False,  # bfloat16 gradient under the interpreter
 ):
     row = tl.program_id(0)
     base = _row_base(row, T, stride_b, stride_t)
@@ -162,6 +168,11 @@ def row_stats_fwd_kernel(
         tl.store(tlogit_ptr + row, 0.0)
         tl.store(slogit_ptr + row, 0.0)
         tl.store(sidx_ptr + row, -1)
+        if WITH_GRAD:
+            out_base = _row_base(row, T, out_stride_b, out_stride_t)
+            for start in range(0, V, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                tl.store(out_ptr + out_base + cols, tl.zeros((BLOCK,), out_ptr.dtype.element_ty), mask=cols < V)
     else:
         cols0 = tl.arange(0, BLOCK)
         slots = tl.arange(0, KPAD)
@@ -260,6 +271,23 @@ def row_stats_fwd_kernel(
             tl.store(sidx_ptr + row, -1)
         tl.store(lse_ptr + row, tl.where(in_range, lse, nan))
         tl.store(tlogit_ptr + row, tl.where(in_range, t_logit, nan))
+        if WITH_GRAD:
+            # The row again, just read (so mostly from L2), as the backward
+            # computes its dense term: same operations, same rounding. A
+            # target out of range leaves the row to the backward.
+            if in_range:
+                out_base = _row_base(row, T, out_stride_b, out_stride_t)
+                lse_w = tl.load(w_ptr + row).to(ACC)
+                for start in range(0, V, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    inside = cols < V
+                    x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(ACC)
+                    dx = lse_w * tl.exp(x - lse)
+                    if BF16_BY_HAND:
+                        dx = _to_bf16_rtne(dx)
+                    else:
+                        dx = dx.to(out_ptr.dtype.element_ty)
+                    tl.store(out_ptr + out_base + cols, dx, mask=inside)
 
 
 @triton.jit
@@ -279,9 +307,11 @@ def row_stats_bwd_kernel(
     out_stride_b,
     out_stride_t,
     ignore_index,
+    w_ptr,            # [N] ACC: the forward's guess (SINGLE_PASS only)
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
     BF16_BY_HAND: tl.constexpr,  # bfloat16 output under the interpreter
+    SINGLE_PASS: tl.constexpr = False,  # complete what the forward with WITH_GRAD wrote
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -295,15 +325,38 @@ def row_stats_bwd_kernel(
     g_lse = tl.load(glse_ptr + row).to(ACC)
     g_t = tl.load(gt_ptr + row).to(ACC)
     g_s = tl.load(gs_ptr + row).to(ACC)
-    x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(ACC)
     # cols are in [0, V), so an out-of-range target or a -1 sample index
     # simply matches nothing.
     c64 = cols.to(tl.int64)
+    if SINGLE_PASS:
+        # The forward wrote ignored rows (zeros) and, where g_lse is its
+        # guess, the dense term: only the target and sampled columns remain.
+        # Other rows take the full path (its loads stay 16-byte wide).
+        lse_w = tl.load(w_ptr + row).to(ACC)
+        if (y == ignore_index) | ((y >= 0) & (y < V) & (g_lse == lse_w)):
+            # (A scalar condition enters a mask through tl.where: the
+            # interpreter cannot use block & scalar as one.)
+            sparse = tl.where(valid, inside & ((c64 == y) | (c64 == s_col)), cols < 0)
+            _write_grad(x_ptr + base, out_ptr + out_base, cols, sparse, c64, y, s_col, lse, g_lse, g_t, g_s, valid,
+                        ACC, BF16_BY_HAND)
+        else:
+            _write_grad(x_ptr + base, out_ptr + out_base, cols, inside, c64, y, s_col, lse, g_lse, g_t, g_s, valid,
+                        ACC, BF16_BY_HAND)
+    else:
+        _write_grad(x_ptr + base, out_ptr + out_base, cols, inside, c64, y, s_col, lse, g_lse, g_t, g_s, valid, ACC,
+                    BF16_BY_HAND)
+
+
+@triton.jit
+def _write_grad(x_row, out_row, cols, mask, c64, y, s_col, lse, g_lse, g_t, g_s, valid, ACC: tl.constexpr,
+                BF16_BY_HAND: tl.constexpr):
+    """dx = g_lse exp(x - lse) + g_t [col == y] + g_s [col == s] at ``cols`` (where ``mask``), rounded once."""
+    x = tl.load(x_row + cols, mask=mask, other=0.0).to(ACC)
     dx = g_lse * tl.exp(x - lse) + tl.where(c64 == y, g_t, 0.0) + tl.where(c64 == s_col, g_s, 0.0)
     # Ignored rows get exact zeros even where their logits are NaN or inf.
     dx = tl.where(valid, dx, 0.0)
     if BF16_BY_HAND:
         dx = _to_bf16_rtne(dx)
     else:
-        dx = dx.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + out_base + cols, dx, mask=inside)
+        dx = dx.to(out_row.dtype.element_ty)
+    tl.store(out_row + cols, dx, mask=mask)

@@ -11,7 +11,8 @@ Cringe providers (losses ``binary`` and ``pairwise``):
     Every kernel backend in ``available_backends(device)``, and the same with
     ``inplace_backward=True`` (the gradient overwrites the logits).
 ``<backend>-single-pass``
-    Binary loss only, for a backend with a single-pass kernel (``cuda``):
+    Binary loss only, for a backend with a single-pass kernel (``cuda``,
+    ``triton``):
     ``grad_in_forward=True``, the gradient written during the forward, so
     compare it in ``full`` mode (its ``bwd`` is nearly free).
 
