@@ -14,7 +14,8 @@ from cringe_build import compiled_extensions  # noqa: E402  the torch-free kerne
 
 EXTRAS = {
     "triton": ["triton>=3.0"],
-    "test": ["pytest>=7", "hypothesis>=6", "numpy", "triton>=3.0"],
+    # pybind11: the tests build the CUDA kernels for their CPU simulator (tests/cuda_sim.py).
+    "test": ["pytest>=7", "hypothesis>=6", "numpy", "triton>=3.0", "pybind11>=2.10"],
     "hf": ["transformers>=4.46", "accelerate>=0.26"],
     "bench": ["matplotlib>=3.5"],
 }

@@ -34,10 +34,12 @@
 #   GPU_CHECK_SANITIZER_QUICK=1  memcheck on the small cases only (no
 #       N*V > 2^31 case, no racecheck).
 #   GPU_CHECK_SKIP        steps to leave out, e.g. "tune sanitizer".
-# After the tune, its fastest Triton forward configuration and (when both
-# agree with Triton) its faster CUDA forward gate are exported as
-# CRINGE_KERNELS_TRITON_FWD / CRINGE_KERNELS_CUDA_FWD_GATE for the later
-# steps, unless already set, so the benchmark shows what to commit as default.
+# After the tune, its fastest Triton forward configuration, (when all agree
+# with Triton) its fastest CUDA forward gate and (when the completed gradient
+# matched) its fastest CUDA single-pass launch shape are exported as
+# CRINGE_KERNELS_TRITON_FWD / CRINGE_KERNELS_CUDA_FWD_GATE /
+# CRINGE_KERNELS_CUDA_SINGLE_PASS for the later steps, unless already set, so
+# the benchmark shows what to commit as default.
 
 set -u -o pipefail
 
@@ -142,7 +144,7 @@ info() {
 
 tune() {
   "$PY" benchmarks/kernel_tune.py --csv "$OUT/tune.csv" --best-fwd "$OUT/best_triton_fwd.txt" \
-    --best-cuda-gate "$OUT/best_cuda_gate.txt"
+    --best-cuda-gate "$OUT/best_cuda_gate.txt" --best-cuda-single-pass "$OUT/best_cuda_single_pass.txt"
 }
 
 tests() {
@@ -223,6 +225,11 @@ if [ -z "${CRINGE_KERNELS_CUDA_FWD_GATE:-}" ] && [ -s "$OUT/best_cuda_gate.txt" 
   CRINGE_KERNELS_CUDA_FWD_GATE="$(tr -d '[:space:]' < "$OUT/best_cuda_gate.txt")"
   export CRINGE_KERNELS_CUDA_FWD_GATE
   echo "=== CUDA forward top-k gate for the rest of the run: CRINGE_KERNELS_CUDA_FWD_GATE=$CRINGE_KERNELS_CUDA_FWD_GATE"
+fi
+if [ -z "${CRINGE_KERNELS_CUDA_SINGLE_PASS:-}" ] && [ -s "$OUT/best_cuda_single_pass.txt" ]; then
+  CRINGE_KERNELS_CUDA_SINGLE_PASS="$(tr -d '[:space:]' < "$OUT/best_cuda_single_pass.txt")"
+  export CRINGE_KERNELS_CUDA_SINGLE_PASS
+  echo "=== CUDA single-pass launch shape for the rest of the run: CRINGE_KERNELS_CUDA_SINGLE_PASS=$CRINGE_KERNELS_CUDA_SINGLE_PASS"
 fi
 # The sweep starts no measurement after BENCH_BUDGET_S; +90 s for start-up,
 # the compile in flight when the budget runs out, and writing the results

@@ -50,6 +50,9 @@ def main() -> int:
     ap.add_argument("--best-cuda-gate", default=None, help="write the fastest CUDA forward gate ('thread', "
                     "'warp' or 'row', the values of CRINGE_KERNELS_CUDA_FWD_GATE) here, when all ran and agreed with "
                     "the Triton forward")
+    ap.add_argument("--best-cuda-single-pass", default=None, help="write the fastest CUDA single-pass launch shape "
+                    "as 'THREADS,BLOCKS_PER_SM' (the format of CRINGE_KERNELS_CUDA_SINGLE_PASS) here, when its "
+                    "completed gradient matched the two-pass one")
     args = ap.parse_args()
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if not torch.cuda.is_available() and not interpreting:
@@ -201,16 +204,20 @@ def main() -> int:
             weight = grads[0]
             single = torch.empty_like(x)
 
-            def cfwd_grad():
+            def cfwd_grad(threads=512, blocks=1):
                 cuda_module.forward(_native.DTYPE_CODES[dtype], x.data_ptr(), 1, N, V, x.stride(0), x.stride(1),
                                     target.data_ptr(), u.data_ptr(), k, -100, lse.data_ptr(), tlog.data_ptr(),
                                     slog.data_ptr(), sidx.data_ptr(), 0, stream, 2, weight.data_ptr(),
-                                    single.data_ptr(), single.stride(0), single.stride(1))
+                                    single.data_ptr(), single.stride(0), single.stride(1), threads, blocks)
 
             def cbwd_sparse():
                 launch_backward(single, x, target, sidx, lse, weight, *grads[1:], -100, lse_weight=weight)
 
-            record("cuda-fwd+grad", "single pass", bench(cfwd_grad), 2 * N * V * es)
+            # Launch shapes (CRINGE_KERNELS_CUDA_SINGLE_PASS): rows in flight
+            # against L2 reuse; the default 512,1 last, so its results stay.
+            for threads, blocks in ((256, 2), (256, 3), (128, 4), (512, 1)):
+                record("cuda-fwd+grad", f"threads={threads} blocks/SM={blocks}",
+                       bench(lambda t=threads, b=blocks: cfwd_grad(t, b)), 2 * N * V * es, (threads, blocks))
             same = (sidx == fwd_ref).float().mean().item()
             cbwd_sparse()
             cbwd()  # the two-pass gradient into `out` for the same statistics
@@ -242,6 +249,10 @@ def main() -> int:
         with open(args.best_fwd, "w") as f:
             f.write("%d,%d,%d\n" % best_fwd["params"])
     gates = [r for r in rows if r["kind"] == "cuda-fwd"]
+    shapes = [r for r in rows if r["kind"] == "cuda-fwd+grad"]
+    if args.best_cuda_single_pass and shapes and shapes[-1].get("agrees"):
+        with open(args.best_cuda_single_pass, "w") as f:
+            f.write("%d,%d\n" % min(shapes, key=lambda r: r["ms"])["params"])
     if args.best_cuda_gate and gates and len(gates) == len(cb._GATES) and all(r.get("agrees") for r in gates):
         with open(args.best_cuda_gate, "w") as f:
             f.write(min(gates, key=lambda r: r["ms"])["config"].split("=")[1] + "\n")

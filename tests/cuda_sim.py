@@ -16,9 +16,10 @@ C++), warp-level ``__activemask`` and anything else listed in
 The module is built once per source state into ``build/cuda_sim/<hash>/``
 (about 15 s on two cores), under a file lock so parallel test workers share
 one build. It needs a C++17 compiler (``$CXX``, default ``g++``) and the
-CUDA headers (``cuda_runtime_api.h``, ``cuda_fp16.h``, ``cuda_bf16.h``); without
-them the backend reports itself unavailable and its tests skip, unless
-``CRINGE_KERNELS_FORCE_CUDA=1`` (as in CI), which turns that into an error.
+CUDA headers (``cuda_runtime_api.h``, ``cuda_fp16.h``, ``cuda_bf16.h``) and
+pybind11 (in the ``test`` extra); without them the backend reports itself
+unavailable and its tests skip, unless ``CRINGE_KERNELS_FORCE_CUDA=1`` (as in
+CI), which turns that into an error.
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ try:
     MODULE = load()
 except Exception as err:  # noqa: BLE001  reported by status(); fatal under FORCE_CUDA
     if os.environ.get("CRINGE_KERNELS_FORCE_CUDA", "0") not in ("", "0"):
-        raise
-    MODULE, _REASON = None, f"the CUDA simulator module could not be built: {err}"
+        # Not an ImportError: the registry and importorskip would turn that
+        # into a quiet skip, and CI must fail instead.
+        raise RuntimeError(f"CRINGE_KERNELS_FORCE_CUDA=1 but the CUDA simulator module could not be built: "
+                           f"{type(err).__name__}: {err}") from err
+    MODULE, _REASON = None, f"the CUDA simulator module could not be built: {type(err).__name__}: {err}"
 else:
     _REASON = ""
 

@@ -387,7 +387,8 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", CRINGE_KERNELS_TUNE_CUDA_SIM="1")
     out = subprocess.run(
         [sys.executable, str(script), "--N", "3", "--V", "70", "--csv", str(tmp_path / "t.csv"),
-         "--best-fwd", str(tmp_path / "best.txt"), "--best-cuda-gate", str(tmp_path / "gate.txt")],
+         "--best-fwd", str(tmp_path / "best.txt"), "--best-cuda-gate", str(tmp_path / "gate.txt"),
+         "--best-cuda-single-pass", str(tmp_path / "shape.txt")],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -402,3 +403,5 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
         # completed to the two-pass gradient bit for bit.
         assert "completed gradient == two-pass gradient: True" in out.stdout
         assert (tmp_path / "gate.txt").read_text().strip() in ("thread", "warp", "row")
+        threads, blocks = (int(v) for v in (tmp_path / "shape.txt").read_text().split(","))
+        assert threads in (128, 256, 512) and blocks in (1, 2, 3, 4)

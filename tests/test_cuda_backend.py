@@ -342,3 +342,30 @@ def test_single_pass_opcheck(kern):
     lse, _, _, s_idx, grad = forward(x, y, u, 5, -100, w)
     g = torch.rand(4, device=kern.dev)
     torch.library.opcheck(backward_.default, (grad, x, y, s_idx, lse, w, w.clone(), g, g.clone(), -100))
+
+
+@pytest.mark.parametrize("shape", ["512,1", "256,3", "32,1", "128,32"])
+def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch):
+    # CRINGE_KERNELS_CUDA_SINGLE_PASS: threads per block, blocks per SM of the
+    # persistent grid (more rows than blocks, fewer rows than blocks).
+    x = random_logits((3, 7, 1001), torch.float32, kern.dev, seed=3)
+    y = random_target((3, 7), 1001, kern.dev)
+    fb, u = half_negative((3, 7), kern.dev), torch.rand(3, 7, device=kern.dev)
+    out = []
+    for value in ("512,1", shape):
+        monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
+        xx = x.clone().requires_grad_(True)
+        loss = ck.cringe_loss(xx, y, fb, uniform=u, backend=kern.name, grad_in_forward=True)
+        loss.backward()
+        out.append((loss.detach(), xx.grad))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=2e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("value", ["100,1", "512,0", "1024,1", "512"])
+def test_bad_single_pass_shape_is_a_clear_error(kern, value, monkeypatch):
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
+    x = random_logits((1, 2, 10), torch.float32, kern.dev).requires_grad_(True)
+    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SINGLE_PASS"):
+        ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name,
+                       grad_in_forward=True)

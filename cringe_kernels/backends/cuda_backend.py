@@ -62,6 +62,24 @@ def _forward_gate() -> int:
     return _GATES[name]
 
 
+def _single_pass_shape() -> Tuple[int, int]:
+    """Threads per block and blocks per SM of the single-pass forward (csrc/cuda/launch.h).
+
+    ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM"`` (default
+    ``512,1``; ``kernel_tune.py`` times a few): more rows in flight hide more
+    latency, as long as their second read still finds them in L2.
+    """
+    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "512,1")
+    try:
+        threads, blocks = (int(v) for v in raw.split(","))
+    except ValueError:
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'THREADS,BLOCKS_PER_SM'; got {raw!r}") from None
+    if threads not in (32, 64, 128, 256, 512) or not 1 <= blocks <= 32:
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS: THREADS must be a power of two in [32, 512] and "
+                         f"BLOCKS_PER_SM in [1, 32]; got {raw!r}")
+    return threads, blocks
+
+
 def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
@@ -91,6 +109,7 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
             *(t.data_ptr() for t in out), logits.device.index or 0, stream_of(logits.device), _forward_gate(),
             _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
+            *(_single_pass_shape() if grad is not None else (512, 1)),
         )
         if kernel_k != k:
             _sample_large_k(logits, target, uniform, k, ignore_index, out)

@@ -47,7 +47,7 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
          std::uintptr_t stream, int gate, std::uintptr_t lse_weight, std::uintptr_t grad, int64_t grad_stride_b,
-         int64_t grad_stride_t) {
+         int64_t grad_stride_t, int grad_threads, int grad_blocks_per_sm) {
         cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                  ignore_index, lse, target_logit, sample_logit, sample_index);
         p.lse_weight = reinterpret_cast<const void*>(lse_weight);
@@ -56,18 +56,23 @@ PYBIND11_MODULE(_C_cuda, m) {
         p.grad_stride_t = grad_stride_t;
         if (gate < 0 || gate > 2) throw std::invalid_argument("gate must be 0 (thread), 1 (warp) or 2 (row)");
         check(cudaSetDevice(device), "cudaSetDevice");
+        cringe::cuda::SinglePassShape shape;
+        shape.threads = grad_threads;
+        shape.blocks_per_sm = grad_blocks_per_sm;
         check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream),
-                                           static_cast<cringe::cuda::ForwardGate>(gate)),
+                                           static_cast<cringe::cuda::ForwardGate>(gate), shape),
               "forward launch");
       },
       py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
       py::arg("stride_t"), py::arg("target"), py::arg("uniform"), py::arg("k"), py::arg("ignore_index"),
       py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
       py::arg("stream"), py::arg("gate") = 0, py::arg("lse_weight") = 0, py::arg("grad") = 0,
-      py::arg("grad_stride_b") = 0, py::arg("grad_stride_t") = 0, py::call_guard<py::gil_scoped_release>(),
+      py::arg("grad_stride_b") = 0, py::arg("grad_stride_t") = 0, py::arg("grad_threads") = 512,
+      py::arg("grad_blocks_per_sm") = 1, py::call_guard<py::gil_scoped_release>(),
       "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
       "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold (see csrc/cuda/launch.h). With "
-      "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight.");
+      "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight, launched with "
+      "`grad_threads` per block and `grad_blocks_per_sm`.");
 
   m.def(
       "backward",

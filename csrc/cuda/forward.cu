@@ -547,21 +547,23 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
 }
 
 template <DType D>
-cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStream_t stream) {
+cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePassShape shape, cudaStream_t stream) {
   using Acc = typename Types<D>::Acc;
   using S = typename Types<D>::S;
   const int64_t N = p.B * p.T;
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
   if (p.grad != nullptr) {
-    // One block per SM: the rows in flight stay in L2 until their sweep.
+    // A persistent grid of shape.blocks_per_sm blocks per SM: the rows in
+    // flight stay in L2 until their sweep.
     int device = 0, sms = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess) return err;
-    int threads = grad_threads<D>();
+    int threads = shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>();
     while (threads > 32 && threads / 2 >= packs) threads /= 2;  // short rows
-    const unsigned blocks = static_cast<unsigned>(N < sms ? N : sms);
+    const int64_t resident = static_cast<int64_t>(sms) * shape.blocks_per_sm;
+    const unsigned blocks = static_cast<unsigned>(N < resident ? N : resident);
     CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, true>)(p, k_eff);
     return cudaGetLastError();
   }
@@ -593,18 +595,22 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, cudaStre
 
 }  // namespace
 
-cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate) {
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate, SinglePassShape shape) {
   if (p.B < 0 || p.T < 0 || p.V < 2 || p.V > kMaxV || p.k < 0) return cudaErrorInvalidValue;
+  if (shape.threads < 32 || shape.threads > 512 || (shape.threads & (shape.threads - 1)) != 0 ||
+      shape.blocks_per_sm < 1 || shape.blocks_per_sm > 32) {
+    return cudaErrorInvalidValue;
+  }
   if ((p.grad == nullptr) != (p.lse_weight == nullptr)) return cudaErrorInvalidValue;
   const int64_t k_eff = p.k < p.V - 1 ? p.k : p.V - 1;
   if (k_eff > kMaxK || (k_eff > 0 && p.uniform == nullptr)) return cudaErrorInvalidValue;
   if (p.B * p.T == 0) return cudaSuccess;
   const int k = static_cast<int>(k_eff);
   switch (p.dtype) {
-    case DType::kFloat32: return launch<DType::kFloat32>(p, k, gate, stream);
-    case DType::kFloat64: return launch<DType::kFloat64>(p, k, gate, stream);
-    case DType::kFloat16: return launch<DType::kFloat16>(p, k, gate, stream);
-    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, gate, stream);
+    case DType::kFloat32: return launch<DType::kFloat32>(p, k, gate, shape, stream);
+    case DType::kFloat64: return launch<DType::kFloat64>(p, k, gate, shape, stream);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, k, gate, shape, stream);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, gate, shape, stream);
   }
   return cudaErrorInvalidValue;
 }

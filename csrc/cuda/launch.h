@@ -37,11 +37,22 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 // (benchmarks/PERF_NOTES.md).
 enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2 };
 
+// Launch shape of the single-pass forward: threads per block (a power of
+// two, 32 to 512; float64 uses at most 256) and blocks per SM (1 to 32; the
+// grid is persistent). More rows in flight hide more memory latency, but
+// their second read must still find them in L2. Not measured yet: the
+// default is the one that surely fits L2 at the goal point.
+struct SinglePassShape {
+  int threads = 512;
+  int blocks_per_sm = 1;
+};
+
 // With p.grad and p.lse_weight set, the forward also writes the gradient for
 // d loss / d lse = lse_weight (the single-pass form: one read and one write
 // of the logits in all; always the kRow strategy, `gate` is not used), and a
 // backward given the same lse_weight completes it.
-cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate = ForwardGate::kThread);
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate = ForwardGate::kThread,
+                           SinglePassShape shape = SinglePassShape{});
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
 
 }  // namespace cuda
