@@ -405,3 +405,16 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
         assert (tmp_path / "gate.txt").read_text().strip() in ("thread", "warp", "row")
         threads, blocks = (int(v) for v in (tmp_path / "shape.txt").read_text().split(","))
         assert threads in (128, 256, 512) and blocks in (1, 2, 3, 4)
+
+
+def test_topk_work_model_runs_and_ranks_the_strategies():
+    """benchmarks/topk_work_model.py (quoted in PERF_NOTES.md): the row threshold
+    buffers fewer columns than the per-thread lists insert."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "topk_work_model.py"
+    out = subprocess.run([sys.executable, str(script), "--V", "40000", "--rows", "1"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    insertions = float(lines["thread"].split("insertions ")[1].split(",")[0])
+    offered = float(lines["row"].split("offered ")[1].split(",")[0])
+    assert set(lines) == {"thread", "warp", "row"} and offered < insertions
