@@ -1,17 +1,22 @@
-// CUDA forward kernel of the row-statistics primitive: one block per row.
+// CUDA forward kernels of the row-statistics primitive: one block per row.
 //
 // One read of the row. Each thread walks its columns (16-byte packs where
-// aligned) keeping an online (max, sum-exp) pair and a sorted list of its own
-// best k_eff non-target columns in shared memory. Per pack the hot path is a
-// max, one exp and one add per column: the pack max both raises the running
-// max and, against a register threshold (the list's last key), decides
-// whether the pack is offered to the list at all. Then:
-//   * the (max, sum) pairs are merged by warp shuffles and one shared step,
-//   * the per-thread lists are merged by k_eff rounds of a block-wide argmax
-//     over the list heads (value desc, column asc: SPEC.md's order),
-//   * thread 0 draws from the k_eff candidates (row_math.h) and writes the
-//     four outputs.
-// Offsets of rows are int64; columns inside a row are int32 (V < 2^31).
+// aligned) keeping an online (max, sum-exp) pair; per pack the hot path is a
+// max, one exp and one add per column, and the pack max also gates the
+// top-k. Two kernels differ in how they keep the top-k (ForwardGate,
+// launch.h):
+//   * forward_kernel (kThread, kWarp): a sorted list of each thread's own
+//     best k_eff non-target columns in shared memory, gated by the thread's
+//     (or its warp's best) k-th key; the lists are merged by k_eff rounds of
+//     a block-wide argmax over their heads (value desc, column asc: SPEC.md's
+//     order);
+//   * forward_row_threshold_kernel (kRow): one list per row and its k-th key
+//     as the gate of the whole block (below); with kWithGrad it also writes
+//     the single-pass gradient.
+// The (max, sum) pairs are merged by warp shuffles and one shared step, and
+// thread 0 draws from the k_eff candidates (row_math.h) and writes the four
+// outputs. Offsets of rows are int64; columns inside a row are int32
+// (V < 2^31).
 #include <climits>
 #include <type_traits>
 
