@@ -206,15 +206,14 @@ def cringe_loss(
         Kernel backends write the gradient over ``logits`` (no ``[N, V]``
         allocation); the caller must not use the logits after backward.
     grad_in_forward : bool
-        Single pass: the ``cuda`` and ``triton`` backends write the logits'
-        gradient during the forward (one read and one write of the logits in all, instead of
+        Single pass: the kernel backends write the logits' gradient during
+        the forward (one read and one write of the logits in all, instead of
         two reads and one write), for an upstream gradient of 1 on the loss
         (``loss.backward()``; ones for ``reduction="none"``); the backward
         then only adds two columns per row. Exact for any upstream gradient:
         rows whose gradient differs are rewritten in full (two-pass cost).
-        The ``[N, V]`` gradient is allocated in the forward. The other
-        backends accept it and run their two passes. Not with
-        ``inplace_backward``.
+        The ``[N, V]`` gradient is allocated in the forward; the reference
+        ignores the flag. Not with ``inplace_backward``.
 
     Returns
     -------

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import cringe_kernels as ck
 from cringe_kernels import backends
-from kernel_checks import (check_nan_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
-                           random_logits, random_target, run_binary)
+from kernel_checks import (check_nan_rows, check_single_pass_completion, compare_binary, compare_pairwise,
+                           compare_ties, half_negative, random_logits, random_target, run_binary)
 
 pytestmark = pytest.mark.skipif(not backends.status("cpu").installed, reason=backends.status("cpu").reason)
 
@@ -305,3 +305,12 @@ def test_half_conversions_match_torch(dtype):
     got = grad[0, :, 0]
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got[~want.isnan()], want[~want.isnan()])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V,k", [(2, 1), (7, 6), (1001, 5), (4099, 100), (70001, 5)])
+def test_single_pass_completes_to_the_two_pass_gradient(dtype, V, k):
+    # grad_in_forward: the forward also writes lse_weight * exp(x - lse) (from
+    # L2, right after the row's statistics); the backward completes it, bit
+    # for bit the two-pass gradient, whatever grad_lse it gets.
+    check_single_pass_completion(backends.resolve("cpu", torch.zeros(1, 1, 2)), dtype, V, k)

@@ -17,7 +17,8 @@ import torch
 import cringe_kernels as ck
 from cringe_kernels import backends, reference
 from cringe_kernels.backends.base import stats_dtype
-from kernel_checks import (STAT_TOL, GRAD_TOL, adversarial_topk_rows, check_nan_rows, nonfinite_rows, compare_binary, compare_pairwise, compare_ties, half_negative,
+from kernel_checks import (GRAD_TOL, STAT_TOL, adversarial_topk_rows, check_nan_rows, check_single_pass_completion,
+                           compare_binary, compare_pairwise, compare_ties, half_negative, nonfinite_rows,
                            random_logits, random_target, run_binary)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -296,28 +297,8 @@ def test_single_pass_matches_reference(kern, dtype, reduction, num_items, scale,
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("V,k", [(2, 1), (7, 6), (1001, 5), (4099, 64), (70001, 5)])
 def test_single_pass_backward_equals_two_pass(kern, dtype, V, k):
-    # Kernel level, same statistics: whatever grad_lse the backward gets
-    # (the guess, another value, nonzero where the guess was 0), the
-    # completed gradient is bit for bit the two-pass one. Rows: ignored,
-    # target out of range (left to the backward), strided logits.
-    x = random_logits((2, 5, V), dtype, kern.dev, seed=V)[:, :-1]
-    y = random_target((2, 4), V, kern.dev).reshape(-1)
-    y[3] = V + 5  # out of range (value checks are the loss's; the kernels must cope)
-    u = torch.rand(8, device=kern.dev)
-    be = backends.resolve(kern.name, x)
-    sd = stats_dtype(dtype)
-    g = torch.Generator().manual_seed(V)
-    weight = torch.where(torch.rand(8, generator=g) < 0.5, 0.125, 0.0).to(sd).to(kern.dev)
-    stats, grad = be.forward_with_grad(x, y, u, k, -100, weight)
-    ref = be.forward(x, y, u, k, -100)
-    for name in ("lse", "target_logit", "sample_logit", "sample_index"):
-        torch.testing.assert_close(getattr(stats, name), getattr(ref, name), rtol=2e-6, atol=1e-6, equal_nan=True)
-    gt, gs = (torch.randn(8, generator=g).to(sd).to(kern.dev) for _ in range(2))
-    other = torch.where(torch.arange(8) % 3 == 0, 0.5, 0.125).to(sd).to(kern.dev)
-    for grad_lse in (weight, other, torch.zeros_like(weight)):
-        got = be.backward_with_grad(grad.clone(), x, y, stats.sample_index, stats.lse, weight, grad_lse, gt, gs, -100)
-        want = be.backward(x, y, stats.sample_index, stats.lse, grad_lse, gt, gs, -100, False)
-        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, V, k,
+                                 kern.dev)
 
 
 def test_single_pass_second_backward_leaves_the_first_alone(kern):

@@ -22,7 +22,8 @@ import torch
 import cringe_kernels as ck
 from cringe_kernels import reference
 from cringe_kernels.backends.base import stats_dtype
-from kernel_checks import GRAD_TOL, STAT_TOL, assert_same_samples, nonfinite_rows, random_logits, random_target
+from kernel_checks import (GRAD_TOL, STAT_TOL, assert_same_samples, check_single_pass_completion, nonfinite_rows,
+                           random_logits, random_target)
 
 triton = pytest.importorskip("triton")
 
@@ -404,30 +405,9 @@ def test_inplace_backward_equals_out_of_place():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("V,k,block_v", [(7, 6, None), (100, 5, 16), (1001, 17, None)])
 def test_single_pass_completes_to_the_two_pass_gradient(dtype, V, k, block_v):
-    # grad_in_forward: the forward writes lse_weight * exp(x - lse) (zeros on
-    # ignored rows; a target out of range is left to the backward), the
-    # backward completes it. For the guessed, another and a zero grad_lse the
-    # result is the two-pass gradient bit for bit.
-    B, T = 2, 4
-    x = make_logits(B, T, V, dtype=dtype, strided=True, seed=V)
-    target = make_target(B, T, V, seed=V).reshape(-1)
-    target[3] = V + 5
-    u = make_uniform(B * T, seed=V)
-    be = TritonRowStats(block_v)
-    acc = stats_dtype(dtype)
-    g = torch.Generator().manual_seed(V)
-    weight = torch.where(torch.rand(B * T, generator=g) < 0.5, 0.125, 0.0).to(acc).to(DEVICE)
-    stats, grad = be.forward_with_grad(x, target, u, k, IGNORE, weight)
-    want_stats = be.forward(x, target, u, k, IGNORE)
-    for a, b in zip(stats, want_stats):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-    g_t, g_s = (torch.randn(B * T, generator=g).to(acc).to(DEVICE) for _ in range(2))
-    other = torch.where(torch.arange(B * T) % 3 == 0, 0.5, 0.125).to(acc).to(DEVICE)
-    for grad_lse in (weight, other, torch.zeros_like(weight)):
-        got = be.backward_with_grad(grad.clone(), x, target, stats.sample_index, stats.lse, weight, grad_lse, g_t,
-                                    g_s, IGNORE)
-        want = be.backward(x, target, stats.sample_index, stats.lse, grad_lse, g_t, g_s, IGNORE, False)
-        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    # grad_in_forward: the forward writes lse_weight * exp(x - lse), the
+    # backward completes it to the two-pass gradient, bit for bit.
+    check_single_pass_completion(TritonRowStats(block_v), dtype, V, k, DEVICE)
 
 
 def test_single_pass_loss_matches_reference():

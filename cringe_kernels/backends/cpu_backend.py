@@ -34,7 +34,7 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _launch_forward(logits, target, uniform, k, ignore_index, out) -> None:
+def _launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=None, grad=None) -> None:
     B, T, V = logits.shape
     threads = _threads()
     k_eff = min(k, V - 1)
@@ -44,19 +44,23 @@ def _launch_forward(logits, target, uniform, k, ignore_index, out) -> None:
         _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
         target.data_ptr(), _native.ptr(uniform if k > 0 else None), k, ignore_index,
         *(t.data_ptr() for t in out), ws_keys.data_ptr(), ws_cols.data_ptr(), threads,
+        _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
     )
 
 
-def _launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+def _launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index,
+                     lse_weight=None):
     B, T, V = logits.shape
     _C_cpu.backward(
         _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
         target.data_ptr(), sample_index.data_ptr(), lse.data_ptr(), grad_lse.data_ptr(), grad_target.data_ptr(),
         grad_sample.data_ptr(), ignore_index, grad.data_ptr(), grad.stride(0), grad.stride(1), _threads(),
+        _native.ptr(lse_weight),
     )
 
 
 OPS = _native.define_row_stats_ops("cpu", _launch_forward, _launch_backward)
+SINGLE_PASS_OPS = _native.define_single_pass_ops("cpu", _launch_forward, _launch_backward)
 
 
 class CpuRowStats(_native.NativeRowStats):
@@ -64,6 +68,7 @@ class CpuRowStats(_native.NativeRowStats):
 
     name = "cpu"
     ops = OPS
+    single_pass_ops = SINGLE_PASS_OPS
 
     def status(self) -> BackendStatus:
         if _C_cpu is None:

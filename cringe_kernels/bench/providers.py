@@ -11,8 +11,7 @@ Cringe providers (losses ``binary`` and ``pairwise``):
     Every kernel backend in ``available_backends(device)``, and the same with
     ``inplace_backward=True`` (the gradient overwrites the logits).
 ``<backend>-single-pass``
-    Binary loss only, for a backend with a single-pass kernel (``cuda``,
-    ``triton``):
+    Binary loss only, for a backend with a single-pass kernel (all of ours):
     ``grad_in_forward=True``, the gradient written during the forward, so
     compare it in ``full`` mode (its ``bwd`` is nearly free).
 

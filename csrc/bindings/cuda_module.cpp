@@ -50,10 +50,7 @@ PYBIND11_MODULE(_C_cuda, m) {
          int64_t grad_stride_t, int grad_threads, int grad_blocks_per_sm) {
         cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                  ignore_index, lse, target_logit, sample_logit, sample_index);
-        p.lse_weight = reinterpret_cast<const void*>(lse_weight);
-        p.grad = reinterpret_cast<void*>(grad);
-        p.grad_stride_b = grad_stride_b;
-        p.grad_stride_t = grad_stride_t;
+        cringe::bindings::set_single_pass(p, lse_weight, grad, grad_stride_b, grad_stride_t);
         if (gate < 0 || gate > 2) throw std::invalid_argument("gate must be 0 (thread), 1 (warp) or 2 (row)");
         check(cudaSetDevice(device), "cudaSetDevice");
         cringe::cuda::SinglePassShape shape;
@@ -84,7 +81,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         cringe::BackwardParams p =
             backward_params(dtype, logits, B, T, V, stride_b, stride_t, target, sample_index, lse, grad_lse,
                             grad_target, grad_sample, ignore_index, grad, grad_stride_b, grad_stride_t);
-        p.lse_weight = reinterpret_cast<const void*>(lse_weight);
+        p.lse_weight = cringe::bindings::ptr<const void>(lse_weight);
         check(cudaSetDevice(device), "cudaSetDevice");
         check(cringe::cuda::launch_backward(p, reinterpret_cast<cudaStream_t>(stream)), "backward launch");
       },

@@ -46,6 +46,15 @@ inline ForwardParams forward_params(int dtype, std::uintptr_t logits, int64_t B,
   return p;
 }
 
+// The single pass's extra forward arguments (all 0: an ordinary forward).
+inline void set_single_pass(ForwardParams& p, std::uintptr_t lse_weight, std::uintptr_t grad, int64_t grad_stride_b,
+                            int64_t grad_stride_t) {
+  p.lse_weight = ptr<const void>(lse_weight);
+  p.grad = ptr<void>(grad);
+  p.grad_stride_b = grad_stride_b;
+  p.grad_stride_t = grad_stride_t;
+}
+
 inline BackwardParams backward_params(int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V,
                                       int64_t stride_b, int64_t stride_t, std::uintptr_t target,
                                       std::uintptr_t sample_index, std::uintptr_t lse, std::uintptr_t grad_lse,

@@ -7,6 +7,9 @@
 // the same (L1-resident) block adds exp(x - m). Backward is one SIMD pass
 // writing g_lse * exp(x - lse), then the target and sampled columns are
 // patched with values computed before the row is (possibly) overwritten.
+// Single pass (ForwardParams::grad): the forward then sweeps each row again,
+// from L2, writing lse_weight * exp(x - lse); a backward given the same
+// lse_weight patches only the two columns of the rows whose g_lse matches.
 #include "row_stats_cpu.h"
 
 #include <omp.h>
@@ -178,6 +181,32 @@ __attribute__((always_inline)) inline void forward_row_scan(const ForwardParams&
   }
 }
 
+// out[j] = store(gl * exp(x_j - l)) for the whole row, block by block: the
+// backward's dense term, and the single pass's sweep (same formula, so the
+// same rounding). Always inlined into the clones that call it.
+template <DType D>
+inline __attribute__((always_inline)) void write_dense(const typename Types<D>::S* in, typename Types<D>::S* out,
+                                                        int64_t V, typename Types<D>::Acc gl,
+                                                        typename Types<D>::Acc l) {
+  using Ty = Types<D>;
+  using Acc = typename Ty::Acc;
+  alignas(64) Acc buf[kBlock];
+  for (int64_t base = 0; base < V; base += kBlock) {
+    const int64_t n = std::min(kBlock, V - base);
+    const Acc* xb = block_as_acc<D>(in + base, n, buf);
+    typename Ty::S* ob = out + base;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) ob[j] = Ty::store(gl * vexp(xb[j] - l));
+  }
+}
+
+template <DType D>
+inline __attribute__((always_inline)) void write_zeros(typename Types<D>::S* out, int64_t V) {
+  const typename Types<D>::S zero = Types<D>::store(typename Types<D>::Acc(0));
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) out[j] = zero;
+}
+
 template <DType D>
 CRINGE_CPU_CLONES void forward_row(const ForwardParams& p, int64_t i, typename Types<D>::Acc* hk, int64_t* hc) {
   using Ty = Types<D>;
@@ -188,9 +217,14 @@ CRINGE_CPU_CLONES void forward_row(const ForwardParams& p, int64_t i, typename T
   Acc* sl_out = static_cast<Acc*>(p.sample_logit);
   const int64_t V = p.V;
   const int64_t y = p.target[i];
+  // Single pass: this row's gradient (ignored rows: zeros; a target out of
+  // range is left to the backward).
+  S* grad = p.grad == nullptr ? nullptr
+                              : static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t;
   if (y == p.ignore_index) {
     lse_out[i] = tl_out[i] = sl_out[i] = Acc(0);
     p.sample_index[i] = -1;
+    if (grad != nullptr) write_zeros<D>(grad, V);
     return;
   }
   if (y < 0 || y >= V) {  // only reachable with value checks off
@@ -209,6 +243,8 @@ CRINGE_CPU_CLONES void forward_row(const ForwardParams& p, int64_t i, typename T
     HeapTopK<Acc, int64_t> heap{hk, hc, k_eff, 0};
     forward_row_scan<D>(p, i, row, y, k_eff, heap);
   }
+  // The row was just read: the sweep finds it in L2.
+  if (grad != nullptr) write_dense<D>(row, grad, V, static_cast<const Acc*>(p.lse_weight)[i], lse_out[i]);
 }
 
 template <DType D>
@@ -221,10 +257,9 @@ CRINGE_CPU_CLONES void backward_row(const BackwardParams& p, int64_t i) {
   const S* in = static_cast<const S*>(p.logits) + b * p.stride_b + t * p.stride_t;
   S* out = static_cast<S*>(p.grad) + b * p.grad_stride_b + t * p.grad_stride_t;
   const int64_t y = p.target[i];
+  const Acc* lse_weight = static_cast<const Acc*>(p.lse_weight);
   if (y == p.ignore_index) {
-    const S zero = Ty::store(Acc(0));
-#pragma omp simd
-    for (int64_t j = 0; j < V; ++j) out[j] = zero;
+    if (lse_weight == nullptr) write_zeros<D>(out, V);  // else the forward wrote them
     return;
   }
   const Acc l = static_cast<const Acc*>(p.lse)[i];
@@ -243,14 +278,10 @@ CRINGE_CPU_CLONES void backward_row(const BackwardParams& p, int64_t i) {
     vy += gs;
     has_s = false;
   }
-  alignas(64) Acc buf[kBlock];
-  for (int64_t base = 0; base < V; base += kBlock) {
-    const int64_t n = std::min(kBlock, V - base);
-    const Acc* xb = block_as_acc<D>(in + base, n, buf);
-    S* ob = out + base;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) ob[j] = Ty::store(gl * vexp(xb[j] - l));
-  }
+  // After a single-pass forward that guessed this g_lse, the dense term is
+  // already there: only the two special columns remain.
+  const bool dense_written = lse_weight != nullptr && y >= 0 && y < V && gl == lse_weight[i];
+  if (!dense_written) write_dense<D>(in, out, V, gl, l);
   if (has_y) out[y] = Ty::store(vy);
   if (has_s) out[s] = Ty::store(vs);
 }
