@@ -380,12 +380,15 @@ def test_ignored_rows_get_exact_zero_grad_even_with_nan():
     assert (grad[0, 1] == 0).all()
 
 
+def small_binary_case(B, T, V, seed):
+    """Strided logits, targets, one negative and one positive sequence, uniforms."""
+    return (make_logits(B, T, V, strided=True, seed=seed), make_target(B, T, V, seed=seed),
+            torch.tensor([[0], [1]], device=DEVICE), make_uniform((B, T), seed=seed))
+
+
 def test_inplace_backward_equals_out_of_place():
     B, T, V = 2, 3, 29
-    x = make_logits(B, T, V, strided=True, seed=4)
-    target = make_target(B, T, V, seed=4)
-    feedback = torch.tensor([[0], [1]], device=DEVICE)
-    u = make_uniform((B, T), seed=4)
+    x, target, feedback, u = small_binary_case(B, T, V, seed=4)
     _, g_out = losses_and_grads("triton", x, target, feedback, u)
     _, g_in = losses_and_grads("triton", x, target, feedback, u, inplace=True)
     torch.testing.assert_close(g_in, g_out, rtol=0, atol=0)
@@ -411,11 +414,7 @@ def test_single_pass_completes_to_the_two_pass_gradient(dtype, V, k, block_v):
 
 
 def test_single_pass_loss_matches_reference():
-    B, T, V = 2, 3, 40
-    x = make_logits(B, T, V, strided=True, seed=2)
-    target = make_target(B, T, V, seed=2)
-    feedback = torch.tensor([[0], [1]], device=DEVICE)
-    u = make_uniform((B, T), seed=2)
+    x, target, feedback, u = small_binary_case(2, 3, 40, seed=2)
     want = losses_and_grads("reference", x, target, feedback, u)
     got = losses_and_grads("triton", x, target, feedback, u, grad_in_forward=True)
     torch.testing.assert_close(got[0].loss, want[0].loss, rtol=2e-5, atol=2e-6)

@@ -260,7 +260,6 @@ if _IMPORT_ERROR is None:
         _launch_backward(logits, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
                          ignore_index, block_v)
 
-
     @_register("cringe_kernels::triton_row_stats_with_grad", mutates_args=())
     def triton_row_stats_with_grad(
         logits: torch.Tensor,
