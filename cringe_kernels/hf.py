@@ -181,6 +181,8 @@ class CringeLossFunc:
         for key in ("reduction", "num_items_in_batch", "return_details"):
             if key in loss_kwargs:
                 raise TypeError(f"{key} is set by the Trainer integration; do not pass it (got {key}={loss_kwargs[key]!r})")
+        if pairwise and loss_kwargs.get("grad_in_forward"):
+            raise ValueError("grad_in_forward applies to the binary loss only (pairwise=True was given)")
         self.pairwise = bool(pairwise)
         self.feedback_keys = tuple(feedback_keys)
         self.compute_logps = bool(compute_logps)
@@ -269,15 +271,20 @@ class CringeLossFunc:
         return self._binary(logits, target, _shift_feedback(feedback, labels), num_items_in_batch)
 
     def _binary(self, logits, target, feedback, num_items_in_batch):
-        out = cringe_loss(logits, target, feedback, reduction="sum", return_details=True, **self.loss_kwargs)
         valid = target != self.ignore_index
         positive = torch.broadcast_to(feedback, target.shape).to(torch.bool) & valid
         negative = valid & ~positive
         n_pos, n_neg = positive.sum(), negative.sum()
-        loss = out.loss / _num_items_value(num_items_in_batch, valid.sum())
+        # sum / count as the loss's own "mean" with that count, so that
+        # grad_in_forward's guess of d loss / d lse is exactly what autograd
+        # passes back (Trainer backpropagates this loss with weight 1).
+        count = _num_items_value(num_items_in_batch, valid.sum())
+        out = cringe_loss(logits, target, feedback, reduction="mean", num_items_in_batch=count, return_details=True,
+                          **self.loss_kwargs)
+        loss = out.loss
         metrics = {
-            "ce": out.ce_loss.detach() / n_pos.clamp(min=1),
-            "cringe": out.cringe_loss.detach() / n_neg.clamp(min=1),
+            "ce": out.ce_loss.detach() * count / n_pos.clamp(min=1),
+            "cringe": out.cringe_loss.detach() * count / n_neg.clamp(min=1),
             "positive_fraction": n_pos / valid.sum().clamp(min=1),
         }
         if self.compute_logps:

@@ -202,14 +202,14 @@ class _GradCatcher(transformers.TrainerCallback):
         self.grads = [p.grad.detach().clone() for p in model.parameters()]
 
 
-def _first_step_grads(tmp_path, tok, kind, batch_size, accumulation):
+def _first_step_grads(tmp_path, tok, kind, batch_size, accumulation, **extra):
     model = tiny_model(len(tok), seed=3)
     catcher = _GradCatcher()
     args = training_args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
                          max_steps=1, max_grad_norm=0.0, remove_unused_columns=False)
     # k=1: one candidate, so the sampled token does not depend on the draws,
     # which differ between the micro-batch and big-batch runs.
-    loss_kwargs = dict(k=1, alpha=0.8, backend="reference")
+    loss_kwargs = dict(dict(k=1, alpha=0.8, backend="reference"), **extra)
     if kind == "binary":
         trainer = CringeTrainer(model, args, train_dataset=BINARY, processing_class=tok, loss_kwargs=loss_kwargs,
                                 callbacks=[catcher])
@@ -232,6 +232,32 @@ def test_gradient_accumulation_equals_big_batch(tmp_path, tok, kind):
     assert big is not None and accumulated is not None
     for a, b in zip(big, accumulated):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["binary", "plain"])
+def test_single_pass_in_the_trainer_takes_the_fast_backward(tmp_path, tok, kind, monkeypatch):
+    """grad_in_forward=True under gradient accumulation: Trainer backpropagates
+    the loss with weight 1, so the forward's guess of d loss / d lse is what
+    autograd passes back on every micro-batch (two columns a row left for the
+    backward), and the gradients are those of the two-pass run."""
+    from cringe_kernels.backends.cpu_backend import CpuRowStats
+
+    matched = []
+    backward_with_grad = CpuRowStats.backward_with_grad
+
+    def spy(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, *rest):
+        matched.append(torch.equal(grad_lse, lse_weight))
+        return backward_with_grad(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, *rest)
+
+    monkeypatch.setattr(CpuRowStats, "backward_with_grad", spy)
+    two_pass = _first_step_grads(tmp_path, tok, kind, batch_size=1, accumulation=2, backend="cpu")
+    single = _first_step_grads(tmp_path, tok, kind, batch_size=1, accumulation=2, backend="cpu",
+                               grad_in_forward=True)
+    assert matched and all(matched), matched
+    for a, b in zip(single, two_pass):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="binary loss only"):
+        make_compute_loss_func(pairwise=True, grad_in_forward=True)
 
 
 def test_completion_logps(tok):
