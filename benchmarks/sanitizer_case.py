@@ -42,14 +42,21 @@ def large_case(backend: str, dev: str) -> int:
 
 
 def main() -> int:
-    # --cpu runs the same cases on the cpu backend (to check this script without a GPU).
-    backend = "cpu" if "--cpu" in sys.argv else "cuda"
+    # --cpu runs the same cases on the cpu backend (to check this script
+    # without a GPU); --sim on the CUDA kernels in the tests' CPU simulator
+    # (tests/cuda_sim.py), which test_simt.py runs under AddressSanitizer.
+    backend = "cpu" if "--cpu" in sys.argv else "cuda_sim" if "--sim" in sys.argv else "cuda"
     if backend == "cuda" and not torch.cuda.is_available():
         print("no CUDA device; nothing to check")
         return 0
+    if backend == "cuda_sim":
+        from cringe_kernels import backends
+
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
     dev = "cuda" if backend == "cuda" else "cpu"
     cases = edge_cases(backend, dev, quick="--quick" in sys.argv)
-    if backend == "cuda" and os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread") == "thread":
+    if backend in ("cuda", "cuda_sim") and os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread") == "thread":
         # The other top-k strategies are other forward kernels: their edges too.
         for gate in ("warp", "row"):
             os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = gate

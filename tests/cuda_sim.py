@@ -88,11 +88,41 @@ def _compile(cxx, flags, out_dir, sources, name):
         if proc.returncode != 0:
             raise RuntimeError(f"building the CUDA simulator failed:\n{shlex.join(cmd)}\n{log}")
     target = os.path.join(out_dir, name)
-    link = [cxx, "-shared", *(obj for _, obj, _ in jobs), "-o", target + ".tmp"]
+    link = [cxx, "-shared", *(f for f in flags if f.startswith("-fsanitize")), *(obj for _, obj, _ in jobs), "-o",
+            target + ".tmp"]
     res = subprocess.run(link, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"linking the CUDA simulator failed:\n{shlex.join(link)}\n{res.stdout}")
     os.replace(target + ".tmp", target)
+
+
+def asan_enabled() -> bool:
+    """``CRINGE_KERNELS_SIM_ASAN=1``: the AddressSanitizer builds (memcheck).
+
+    They load only into a process that has the ASan runtime preloaded
+    (:func:`asan_preload`); see test_simt.py.
+    """
+    return os.environ.get("CRINGE_KERNELS_SIM_ASAN", "0") not in ("", "0")
+
+
+def asan_preload():
+    """``LD_PRELOAD`` for a process that loads the ASan builds, or None.
+
+    The compiler's ASan runtime, and its libstdc++ next to it: torch throws
+    C++ exceptions, and ASan's ``__cxa_throw`` interceptor finds the real one
+    only if libstdc++ is loaded as early as the runtime.
+    """
+    cxx = os.environ.get("CXX", "g++")
+    paths = []
+    for lib in ("libasan.so", "libstdc++.so"):
+        try:
+            path = subprocess.run([cxx, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return None
+        if not (os.path.isabs(path) and os.path.exists(path)):
+            return None
+        paths.append(path)
+    return " ".join(paths)
 
 
 def build(what: str = "module") -> str:
@@ -100,12 +130,15 @@ def build(what: str = "module") -> str:
 
     ``what="module"``: ``_C_cuda`` from the shipped kernels and binding;
     ``what="selftest"``: the simulator's own test kernels (tests/simt/selftest.cu).
+    With :func:`asan_enabled`, the AddressSanitizer build of either.
     """
     cuda_include = _cuda_include()
     if cuda_include is None:
         raise RuntimeError("the CUDA headers were not found (CUDA_HOME)")
     cxx = os.environ.get("CXX", "g++")
     flags = _flags(cuda_include)
+    if asan_enabled():
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
     out_dir = os.path.join(ROOT, "build", "cuda_sim", _source_hash(cxx, flags))
     os.makedirs(out_dir, exist_ok=True)
     if what == "module":

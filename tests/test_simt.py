@@ -5,9 +5,17 @@ must compute a correct block reduction and a segmented shuffle right, and
 must report, not paper over, what would hang or misbehave on the hardware:
 warp operations in divergent code, a shuffle waiting on a barrier, reads
 of uninitialised shared memory, and launches the hardware refuses.
+
+Its AddressSanitizer build is the CPU counterpart of compute-sanitizer's
+memcheck: the last tests run every edge case of benchmarks/sanitizer_case.py
+through the CUDA kernels under ASan, after showing that ASan does report a
+read past a buffer's end.
 """
 
 import ctypes
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,3 +82,40 @@ def test_launches_the_hardware_refuses_fail(selftest, which, err):
     # 2048 threads per block; 64 KiB of dynamic shared memory without opt-in.
     rc, out, _ = selftest(which)
     assert rc == err and not out.any()
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def _asan_env():
+    preload = cuda_sim.asan_preload()
+    if preload is None or cuda_sim.MODULE is None:
+        pytest.skip("no AddressSanitizer runtime for this compiler, or no simulator build")
+    return dict(os.environ, CRINGE_KERNELS_SIM_ASAN="1", LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0",
+                PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")]))
+
+
+def test_asan_build_reports_a_read_past_the_end():
+    code = (
+        "import ctypes, numpy as np, cuda_sim\n"
+        "lib = ctypes.CDLL(cuda_sim.build('selftest'))\n"
+        "x, out = np.zeros(1000, np.float32), np.zeros(64, np.float32)\n"
+        "msg = ctypes.create_string_buffer(256)\n"
+        "lib.simt_selftest(7, ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data), msg, 256)\n"
+        "print('not caught')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=_asan_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "heap-buffer-overflow" in res.stderr, (res.stdout + res.stderr)[-3000:]
+    assert "not caught" not in res.stdout
+
+
+def test_cuda_kernels_are_clean_under_asan():
+    # Every dtype x vocabulary x k edge case (quick set) of every forward
+    # strategy, both backwards, in place, the single pass and out-of-range
+    # targets: no access outside the tensors torch allocated.
+    script = os.path.join(ROOT, "benchmarks", "sanitizer_case.py")
+    res = subprocess.run([sys.executable, script, "--sim", "--quick"], env=_asan_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0 and "cases ran on cuda_sim" in res.stdout, (res.stdout + res.stderr)[-3000:]
+    assert "ERROR: AddressSanitizer" not in res.stderr

@@ -2,8 +2,9 @@
 // correct block reduction, a warp shuffle with a segment width, and the
 // mistakes it must report instead of computing something: warp operations
 // in divergent code, a deadlock between a warp operation and a barrier,
-// uninitialised shared memory, and launch configurations the hardware
-// refuses. Compiled only for the simulator (CRINGE_SIMT_HOST).
+// uninitialised shared memory, launch configurations the hardware refuses,
+// and (in the AddressSanitizer build) a read past a buffer's end. Compiled
+// only for the simulator (CRINGE_SIMT_HOST).
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -65,6 +66,12 @@ __global__ void read_uninitialised_shared(float* out) {
 
 __global__ void noop(float*) {}
 
+// Reads one element past the end of `in` (n elements): what the ASan build
+// must report (test_simt.py).
+__global__ void read_past_the_end(const float* in, float* out, int n) {
+  if (threadIdx.x == 0) out[0] = in[n];
+}
+
 }  // namespace
 
 // Runs self-test `which` and returns the cudaError_t of the launch; a
@@ -81,6 +88,7 @@ extern "C" __attribute__((visibility("default"))) int simt_selftest(int which, f
       case 4: CRINGE_LAUNCH(1, 64, 64 * sizeof(float), 0, read_uninitialised_shared)(out); break;
       case 5: CRINGE_LAUNCH(1, 2048, 0, 0, noop)(out); break;
       case 6: CRINGE_LAUNCH(1, 64, 64 * 1024, 0, noop)(out); break;
+      case 7: CRINGE_LAUNCH(1, 32, 0, 0, read_past_the_end)(in, out, 1000); break;
       default: return -2;
     }
   } catch (const std::exception& e) {

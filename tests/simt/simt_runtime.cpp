@@ -22,6 +22,17 @@
 #include <ucontext.h>
 #endif
 
+// Under AddressSanitizer (the memcheck build, tests/cuda_sim.py) every stack
+// switch is announced, so that ASan follows the fibers' stacks.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SIMT_START_SWITCH(fake_save, bottom, size) __sanitizer_start_switch_fiber(fake_save, bottom, size)
+#define SIMT_FINISH_SWITCH(fake, bottom_old, size_old) __sanitizer_finish_switch_fiber(fake, bottom_old, size_old)
+#else
+#define SIMT_START_SWITCH(fake_save, bottom, size) ((void)0)
+#define SIMT_FINISH_SWITCH(fake, bottom_old, size_old) ((void)0)
+#endif
+
 namespace simt {
 
 thread_local const ThreadContext* current = nullptr;
@@ -99,6 +110,8 @@ struct Fiber {
   ThreadContext ids;
   bool done = false;
   const char* waiting = nullptr;  // what it waits for, for the deadlock report
+  char* stack = nullptr;
+  void* asan_fake_stack = nullptr;
 };
 
 struct Warp {
@@ -125,17 +138,26 @@ struct Block {
   const std::function<void()>* body = nullptr;
   Fiber* running = nullptr;
   Context scheduler;
+  const void* scheduler_stack = nullptr;  // for ASan: the OS thread's stack
+  size_t scheduler_stack_size = 0;
   std::exception_ptr error;
 };
 
 thread_local Block* g_block = nullptr;
 thread_local cudaError_t g_last_error = cudaSuccess;
 
+// The fiber side of a switch to the scheduler and back.
+void to_scheduler(Block& b, Fiber& f) {
+  SIMT_START_SWITCH(&f.asan_fake_stack, b.scheduler_stack, b.scheduler_stack_size);
+  switch_context(f.ctx, b.scheduler);
+  SIMT_FINISH_SWITCH(f.asan_fake_stack, &b.scheduler_stack, &b.scheduler_stack_size);
+}
+
 void yield_waiting(const char* what) {
   Block& b = *g_block;
   Fiber& f = *b.running;
   f.waiting = what;
-  switch_context(f.ctx, b.scheduler);
+  to_scheduler(b, f);
   f.waiting = nullptr;
 }
 
@@ -149,6 +171,7 @@ void release_barrier(Block& b) {
 
 [[noreturn]] void fiber_main() {
   Block& b = *g_block;
+  SIMT_FINISH_SWITCH(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
   try {
     (*b.body)();
   } catch (...) {
@@ -159,6 +182,7 @@ void release_barrier(Block& b) {
   ++b.progress;
   // Exited threads no longer hold a barrier back.
   if (b.barrier_arrived > 0 && b.barrier_arrived >= b.live) release_barrier(b);
+  SIMT_START_SWITCH(nullptr, b.scheduler_stack, b.scheduler_stack_size);  // this stack is done
   switch_context(b.running->ctx, b.scheduler);
   std::abort();  // a finished fiber is never resumed
 }
@@ -191,7 +215,8 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim) {
   b.barrier_or = 0;
   for (int t = 0; t < n; ++t) {
     b.fibers[t].ids = ThreadContext{dim3(t), block_idx, block_dim, grid_dim};
-    make_context(b.fibers[t].ctx, b.stacks.get() + kStackBytes * t, kStackBytes, &fiber_main);
+    b.fibers[t].stack = b.stacks.get() + kStackBytes * t;
+    make_context(b.fibers[t].ctx, b.fibers[t].stack, kStackBytes, &fiber_main);
   }
   while (b.live > 0) {
     const uint64_t before = b.progress;
@@ -199,7 +224,10 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim) {
       if (f.done) continue;
       b.running = &f;
       current = &f.ids;
+      void* scheduler_fake_stack = nullptr;
+      SIMT_START_SWITCH(&scheduler_fake_stack, f.stack, kStackBytes);
       switch_context(b.scheduler, f.ctx);
+      SIMT_FINISH_SWITCH(scheduler_fake_stack, nullptr, nullptr);
       if (b.error) break;
     }
     b.running = nullptr;
