@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 cuda_sim = pytest.importorskip("cuda_sim")
 
@@ -77,6 +78,19 @@ def test_uninitialised_dynamic_shared_memory_reads_nan(selftest):
     assert np.isnan(out).all()
 
 
+def test_a_race_shows_as_a_schedule_dependent_result(selftest, monkeypatch):
+    seen = []
+    for schedule in ("forward", "reverse"):
+        monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)
+        rc, out, msg = selftest(8)
+        assert rc == CUDA_SUCCESS, msg
+        seen.append(float(out[0]))
+    assert seen == [1.0, -1.0]
+    monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", "sideways")
+    rc, _, msg = selftest(8)
+    assert rc == -1 and "CRINGE_SIMT_SCHEDULE" in msg
+
+
 @pytest.mark.parametrize("which,err", [(5, CUDA_INVALID_CONFIGURATION), (6, CUDA_INVALID_VALUE)])
 def test_launches_the_hardware_refuses_fail(selftest, which, err):
     # 2048 threads per block; 64 KiB of dynamic shared memory without opt-in.
@@ -119,3 +133,37 @@ def test_cuda_kernels_are_clean_under_asan():
                          timeout=900)
     assert res.returncode == 0 and "cases ran on cuda_sim" in res.stdout, (res.stdout + res.stderr)[-3000:]
     assert "ERROR: AddressSanitizer" not in res.stderr
+
+
+@pytest.mark.parametrize("gate", ["thread", "warp", "row", "single-pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [5, 64])
+def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monkeypatch):
+    """The racecheck the simulator can do: the same launches with the threads
+    run forward, in reverse and shuffled between synchronisation points give
+    bit-identical statistics and gradients (a race between barriers would
+    change them)."""
+    if cuda_sim.MODULE is None:
+        pytest.skip("the CUDA simulator module is not built")
+    from cringe_kernels import backends
+    from kernel_checks import adversarial_topk_rows, random_logits, random_target
+
+    be = backends.resolve("cuda_sim", torch.zeros(1, 1, 2))
+    x = torch.cat([adversarial_topk_rows(3001, dtype)[0], random_logits((1, 6, 3001), dtype, "cpu", seed=k)], 1)
+    y = torch.cat([adversarial_topk_rows(3001, dtype)[1], random_target((1, 6), 3001, "cpu").reshape(-1)])
+    u = torch.rand(12, generator=torch.Generator().manual_seed(k))
+    g = [torch.randn(12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row" if gate == "single-pass" else gate)
+    results = []
+    for schedule in ("forward", "reverse", "shuffle"):
+        monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)
+        if gate == "single-pass":
+            stats, grad = be.forward_with_grad(x, y, u, k, -100, g[0])
+            grad = be.backward_with_grad(grad, x, y, stats.sample_index, stats.lse, g[0], *g, -100)
+        else:
+            stats = be.forward(x, y, u, k, -100)
+            grad = be.backward(x, y, stats.sample_index, stats.lse, *g, -100, False)
+        results.append((*stats, grad))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())

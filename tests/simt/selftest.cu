@@ -3,7 +3,8 @@
 // mistakes it must report instead of computing something: warp operations
 // in divergent code, a deadlock between a warp operation and a barrier,
 // uninitialised shared memory, launch configurations the hardware refuses,
-// and (in the AddressSanitizer build) a read past a buffer's end. Compiled
+// a race that only the schedule exposes, and (in the AddressSanitizer build)
+// a read past a buffer's end. Compiled
 // only for the simulator (CRINGE_SIMT_HOST).
 #include <cmath>
 #include <cstdio>
@@ -66,6 +67,16 @@ __global__ void read_uninitialised_shared(float* out) {
 
 __global__ void noop(float*) {}
 
+// A race: thread 0 writes a shared value that thread 32 reads with no
+// barrier in between, so what thread 32 sees depends on the schedule.
+__global__ void shared_race(float* out) {
+  __shared__ float value;
+  if (threadIdx.x == 32) value = -1.f;
+  __syncthreads();
+  if (threadIdx.x == 0) value = 1.f;
+  if (threadIdx.x == 32) out[0] = value;
+}
+
 // Reads one element past the end of `in` (n elements): what the ASan build
 // must report (test_simt.py).
 __global__ void read_past_the_end(const float* in, float* out, int n) {
@@ -89,6 +100,7 @@ extern "C" __attribute__((visibility("default"))) int simt_selftest(int which, f
       case 5: CRINGE_LAUNCH(1, 2048, 0, 0, noop)(out); break;
       case 6: CRINGE_LAUNCH(1, 64, 64 * 1024, 0, noop)(out); break;
       case 7: CRINGE_LAUNCH(1, 32, 0, 0, read_past_the_end)(in, out, 1000); break;
+      case 8: CRINGE_LAUNCH(1, 64, 0, 0, shared_race)(out); break;
       default: return -2;
     }
   } catch (const std::exception& e) {

@@ -15,6 +15,9 @@
 //     read before write shows up in the results,
 //   * launches are checked like the hardware checks them (block size, grid,
 //     dynamic shared memory without opt-in).
+//   * the order in which threads run between two synchronisation points is
+//     forward, reverse or shuffled (CRINGE_SIMT_SCHEDULE), so a race between
+//     barriers shows up as results that change with the order.
 // Not modelled: timing, memory ordering between blocks (blocks run one after
 // another), and __activemask() (a lane sees only itself, as the kernels' own
 // pre-sm_80 path does). Only one-dimensional blocks and grids.

@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -201,7 +203,17 @@ std::string deadlock_report(const Block& b) {
   return msg;
 }
 
-void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim) {
+enum class Schedule { kForward, kReverse, kShuffle };
+
+Schedule schedule_from_env() {
+  const char* v = std::getenv("CRINGE_SIMT_SCHEDULE");
+  if (v == nullptr || std::strcmp(v, "forward") == 0 || *v == '\0') return Schedule::kForward;
+  if (std::strcmp(v, "reverse") == 0) return Schedule::kReverse;
+  if (std::strcmp(v, "shuffle") == 0) return Schedule::kShuffle;
+  throw std::invalid_argument(std::string("CRINGE_SIMT_SCHEDULE must be forward, reverse or shuffle; got ") + v);
+}
+
+void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim, Schedule schedule) {
   const int n = static_cast<int>(block_dim.x);
   b.fibers.assign(n, Fiber{});
   if (b.stacks_for < static_cast<size_t>(n)) {
@@ -218,9 +230,25 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim) {
     b.fibers[t].stack = b.stacks.get() + kStackBytes * t;
     make_context(b.fibers[t].ctx, b.fibers[t].stack, kStackBytes, &fiber_main);
   }
+  // The order in which the fibers run between two synchronisation points
+  // (CRINGE_SIMT_SCHEDULE): a kernel whose results depend on it has a race
+  // (threads touching the same shared data with no barrier in between).
+  std::vector<int> order(n);
+  for (int t = 0; t < n; ++t) order[t] = t;
+  if (schedule == Schedule::kReverse) std::reverse(order.begin(), order.end());
+  uint64_t mix = 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(block_idx.x) + 1);
   while (b.live > 0) {
     const uint64_t before = b.progress;
-    for (Fiber& f : b.fibers) {
+    if (schedule == Schedule::kShuffle) {  // a fresh order every pass (xorshift)
+      for (int t = n - 1; t > 0; --t) {
+        mix ^= mix << 13;
+        mix ^= mix >> 7;
+        mix ^= mix << 17;
+        std::swap(order[t], order[static_cast<int>(mix % static_cast<uint64_t>(t + 1))]);
+      }
+    }
+    for (int t : order) {
+      Fiber& f = b.fibers[t];
       if (f.done) continue;
       b.running = &f;
       current = &f.ids;
@@ -248,6 +276,9 @@ int sync_block(int pred, bool reduce_or) {
   b.barrier_or |= pred;
   if (++b.barrier_arrived >= b.live) {
     release_barrier(b);
+    // Step aside, so that the schedule, not the last arrival, decides who
+    // runs first after the barrier.
+    yield_waiting("a released __syncthreads");
   } else {
     while (b.barrier_generation == gen) yield_waiting(reduce_or ? "__syncthreads_or" : "__syncthreads");
   }
@@ -282,6 +313,9 @@ void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32])
     std::copy(w.slot, w.slot + 32, w.result);
     w.arrived = 0;
     ++w.generation;
+    std::copy(w.result, w.result + 32, all);
+    yield_waiting("a completed warp operation");  // as after a barrier
+    return;
   } else {
     while (w.generation == gen) yield_waiting(op);
   }
@@ -306,7 +340,8 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void
   b.body = &body;
   g_block = &b;
   try {
-    for (unsigned i = 0; i < grid.x; ++i) run_block(b, dim3(i), block, grid);
+    const Schedule schedule = schedule_from_env();
+    for (unsigned i = 0; i < grid.x; ++i) run_block(b, dim3(i), block, grid, schedule);
   } catch (...) {
     g_block = nullptr;
     current = nullptr;
