@@ -108,22 +108,19 @@ def _row_stats(
                               inplace_backward, lse_weight)
 
 
-def _lse_weight(valid: torch.Tensor, positive: torch.Tensor, reduction: str, num_items_in_batch,
-                dtype: torch.dtype) -> torch.Tensor:
+def _lse_weight(valid: torch.Tensor, positive: torch.Tensor, count: torch.Tensor, reduction: str,
+                num_items_in_batch, dtype: torch.dtype) -> torch.Tensor:
     """``d loss / d lse`` per row of :func:`cringe_loss` for an upstream gradient of 1.
 
     Only cross-entropy involves ``lse`` (positive, non-ignored rows), with
-    the weight of the reduction; computed with the same operations the loss
-    uses (``1 / denominator``), so that autograd's ``grad_lse`` equals it
-    bit for bit and the single-pass backward only touches two columns a row.
+    the weight of the reduction: ``1 / denominator`` by the same division the
+    loss's gradient makes (:func:`_mean_denominator`), so that autograd's
+    ``grad_lse`` equals it bit for bit and the single-pass backward only
+    touches two columns a row.
     """
     one = torch.ones((), dtype=dtype, device=valid.device)
     if reduction == "mean":
-        if num_items_in_batch is not None:
-            den = torch.as_tensor(num_items_in_batch, device=valid.device).to(dtype)
-        else:
-            den = valid.sum().clamp(min=1).to(dtype)
-        one = one / den
+        one = one / _mean_denominator(count, num_items_in_batch, dtype)
     return torch.where(valid & positive, one, torch.zeros((), dtype=dtype, device=valid.device)).contiguous()
 
 
@@ -134,6 +131,14 @@ def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -
     return uniform
 
 
+def _mean_denominator(count: torch.Tensor, num_items_in_batch, dtype: torch.dtype) -> torch.Tensor:
+    """What ``"mean"`` divides by: ``num_items_in_batch`` if given, else the
+    non-ignored row count, never 0."""
+    if num_items_in_batch is not None:
+        return torch.as_tensor(num_items_in_batch, device=count.device).to(dtype)
+    return count.clamp(min=1).to(dtype)
+
+
 def _reduce(values: torch.Tensor, count: torch.Tensor, reduction: str, num_items_in_batch, shape) -> torch.Tensor:
     """SPEC.md reductions; ``"mean"`` never divides by zero."""
     if reduction == "none":
@@ -141,9 +146,7 @@ def _reduce(values: torch.Tensor, count: torch.Tensor, reduction: str, num_items
     total = values.sum()
     if reduction == "sum":
         return total
-    if num_items_in_batch is not None:
-        return total / torch.as_tensor(num_items_in_batch, device=total.device).to(total.dtype)
-    return total / count.clamp(min=1).to(total.dtype)
+    return total / _mean_denominator(count, num_items_in_batch, total.dtype)
 
 
 def cringe_loss(
@@ -240,9 +243,10 @@ def cringe_loss(
     flat_target = target.reshape(-1)
     valid = flat_target != ignore_index
     positive = feedback.reshape(-1).to(torch.bool)
+    count = valid.sum()
     lse_weight = None
     if grad_in_forward and chosen_backend != backends.REFERENCE:
-        lse_weight = _lse_weight(valid, positive, reduction, num_items_in_batch, stats_dtype(logits.dtype))
+        lse_weight = _lse_weight(valid, positive, count, reduction, num_items_in_batch, stats_dtype(logits.dtype))
     stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
@@ -254,7 +258,6 @@ def cringe_loss(
         cr_rows = cr_rows + torch.where(valid & positive, F.softplus(sampled_logit - t), 0.0)
     sampled = valid & (~positive | ct_on_positives)
 
-    count = valid.sum()
     ce = _reduce(ce_rows, count, reduction, num_items_in_batch, target.shape)
     cr = _reduce(cr_rows, count, reduction, num_items_in_batch, target.shape)
     loss = ce + alpha * cr
