@@ -181,8 +181,6 @@ class CringeLossFunc:
         for key in ("reduction", "num_items_in_batch", "return_details"):
             if key in loss_kwargs:
                 raise TypeError(f"{key} is set by the Trainer integration; do not pass it (got {key}={loss_kwargs[key]!r})")
-        if pairwise and loss_kwargs.get("grad_in_forward"):
-            raise ValueError("grad_in_forward applies to the binary loss only (pairwise=True was given)")
         self.pairwise = bool(pairwise)
         self.feedback_keys = tuple(feedback_keys)
         self.compute_logps = bool(compute_logps)
@@ -299,15 +297,17 @@ class CringeLossFunc:
         if rows % 2:
             raise ValueError(f"pairwise batches hold chosen rows then rejected rows; got an odd batch of {rows}")
         half = rows // 2
-        # Views along the batch dim: contiguous, no copy of the logits.
-        out = pairwise_cringe_loss(logits[:half], target[:half], logits[half:], target[half:],
-                                   reduction="sum", return_details=True, **self.loss_kwargs)
         valid = target != self.ignore_index
         n_w, n_l = valid[:half].sum(), valid[half:].sum()
-        loss = out.loss / _num_items_value(num_items_in_batch, n_w + n_l)
+        # The loss's own "mean" with Trainer's count, as in _binary.
+        count = _num_items_value(num_items_in_batch, n_w + n_l)
+        # Views along the batch dim: contiguous, no copy of the logits.
+        out = pairwise_cringe_loss(logits[:half], target[:half], logits[half:], target[half:], reduction="mean",
+                                   num_items_in_batch=count, return_details=True, **self.loss_kwargs)
+        loss = out.loss
         metrics = {
-            "ce": out.ce_loss.detach() / n_w.clamp(min=1),
-            "cringe": out.cringe_loss.detach() / n_l.clamp(min=1),
+            "ce": out.ce_loss.detach() * count / n_w.clamp(min=1),
+            "cringe": out.cringe_loss.detach() * count / n_l.clamp(min=1),
             "gate": out.gate.detach().mean(),
             "margin": out.margin.detach().mean(),
             "margin_accuracy": (out.margin.detach() > 0).float().mean(),

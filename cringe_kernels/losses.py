@@ -288,6 +288,7 @@ def pairwise_cringe_loss(
     backend: str = "auto",
     return_details: bool = False,
     inplace_backward: bool = False,
+    grad_in_forward: bool = False,
 ) -> Union[torch.Tensor, PairwiseCringeOutput]:
     """Pairwise Cringe loss (SPEC.md section 3).
 
@@ -306,6 +307,10 @@ def pairwise_cringe_loss(
     return_details, inplace_backward
         As in :func:`cringe_loss`; only rejected rows are sampled and
         ``uniform`` has the rejected targets' shape.
+    grad_in_forward : bool
+        The single pass, as in :func:`cringe_loss`. Needs ``gate_grad=False``:
+        only then is ``d loss / d lse`` known before the statistics (the
+        reduction weight on chosen rows, 0 on rejected ones).
     margin : float
         Log-likelihood gap beyond which the gate closes.
     temperature : float
@@ -338,8 +343,12 @@ def pairwise_cringe_loss(
     validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
                                    margin=margin, temperature=temperature)
     for name, flag in (("gate_grad", gate_grad), ("length_normalize", length_normalize),
-                       ("return_details", return_details), ("inplace_backward", inplace_backward)):
+                       ("return_details", return_details), ("inplace_backward", inplace_backward),
+                       ("grad_in_forward", grad_in_forward)):
         validate.check_bool(name, flag)
+    if grad_in_forward and (inplace_backward or gate_grad):
+        raise ValueError("grad_in_forward cannot be combined with " + ("inplace_backward" if inplace_backward else
+                         "gate_grad: through the gate, d loss / d lse depends on the statistics themselves"))
     device = chosen_logits.device
     validate.check_generator(generator, device)
     validate.check_num_items(num_items_in_batch, device)
@@ -349,11 +358,19 @@ def pairwise_cringe_loss(
     chosen_backend = backends.resolve(backend, chosen_logits)
 
     B = chosen_logits.shape[0]
-    # Chosen rows need no sample (k=0 skips the top-k in the kernels).
-    win = _row_stats(chosen_logits, chosen_target, None, 0, ignore_index, chosen_backend, inplace_backward)
-    lose = _row_stats(rejected_logits, rejected_target, uniform, k, ignore_index, chosen_backend, inplace_backward)
     valid_w = (chosen_target != ignore_index).reshape(B, -1)
     valid_l = (rejected_target != ignore_index).reshape(B, -1)
+    count = valid_w.sum() + valid_l.sum()
+    weight_w = weight_l = None
+    if grad_in_forward and chosen_backend != backends.REFERENCE:
+        # With the gate constant, lse enters only the chosen rows' CE.
+        dt = stats_dtype(chosen_logits.dtype)
+        weight_w = _lse_weight(valid_w.reshape(-1), valid_w.reshape(-1), count, reduction, num_items_in_batch, dt)
+        weight_l = torch.zeros(valid_l.numel(), dtype=stats_dtype(rejected_logits.dtype), device=device)
+    # Chosen rows need no sample (k=0 skips the top-k in the kernels).
+    win = _row_stats(chosen_logits, chosen_target, None, 0, ignore_index, chosen_backend, inplace_backward, weight_w)
+    lose = _row_stats(rejected_logits, rejected_target, uniform, k, ignore_index, chosen_backend, inplace_backward,
+                      weight_l)
 
     # Ignored rows hold lse = t = 0, so their log-probability is already 0.
     logp_w = (win.target_logit - win.lse).reshape(B, -1).sum(dim=1)
@@ -370,7 +387,6 @@ def pairwise_cringe_loss(
     contrast = F.softplus(lose.target_logit - lose.sample_logit).reshape(B, -1)
     cr_b = gate * torch.where(valid_l, contrast, 0.0).sum(dim=1)
 
-    count = valid_w.sum() + valid_l.sum()
     ce = _reduce(ce_b, count, reduction, num_items_in_batch, (B,))
     cr = _reduce(cr_b, count, reduction, num_items_in_batch, (B,))
     loss = ce + alpha * cr
@@ -415,13 +431,14 @@ class PairwiseCringeLoss(torch.nn.Module):
 
     def __init__(self, *, k: int = 5, alpha: float = 1.0, margin: float = 0.0, temperature: float = 1.0,
                  gate_grad: bool = False, length_normalize: bool = False, ignore_index: int = -100,
-                 reduction: str = "mean", backend: str = "auto", inplace_backward: bool = False):
+                 reduction: str = "mean", backend: str = "auto", inplace_backward: bool = False,
+                 grad_in_forward: bool = False):
         super().__init__()
         validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
                                        margin=margin, temperature=temperature)
         self.options = dict(k=k, alpha=alpha, margin=margin, temperature=temperature, gate_grad=gate_grad,
                             length_normalize=length_normalize, ignore_index=ignore_index, reduction=reduction,
-                            backend=backend, inplace_backward=inplace_backward)
+                            backend=backend, inplace_backward=inplace_backward, grad_in_forward=grad_in_forward)
 
     def forward(self, chosen_logits, chosen_target, rejected_logits, rejected_target, *, num_items_in_batch=None,
                 generator=None, uniform=None, return_details: bool = False):

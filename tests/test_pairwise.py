@@ -117,3 +117,34 @@ def test_pairwise_module_equals_function():
                                 uniform=u, backend="reference"),
     )
     assert "margin=1.0" in repr(module)
+
+
+@pytest.mark.parametrize("backend", cpu_kernel_backends())
+@pytest.mark.parametrize("reduction,upstream", [("mean", 1.0), ("sum", 1.0), ("none", 1.0), ("mean", 0.5)])
+def test_single_pass_is_the_two_pass_loss(backend, reduction, upstream):
+    # With the gate constant, d loss / d lse is the reduction weight on chosen
+    # rows and 0 on rejected ones, known before the statistics.
+    g = torch.Generator().manual_seed(1)
+    chosen = torch.randn(3, 6, 37, generator=g)
+    rejected = torch.randn(3, 5, 37, generator=g)
+    tw, tl = torch.randint(0, 37, (3, 6), generator=g), torch.randint(0, 37, (3, 5), generator=g)
+    tw[0, :2] = -100
+    u = torch.rand(3, 5, generator=g)
+    out = []
+    for single in (False, True):
+        xw, xl = chosen.clone().requires_grad_(True), rejected.clone().requires_grad_(True)
+        loss = ck.pairwise_cringe_loss(xw, tw, xl, tl, uniform=u, backend=backend, reduction=reduction,
+                                       margin=1.0, grad_in_forward=single)
+        (loss.sum() * upstream).backward()
+        out.append((loss.detach(), xw.grad, xl.grad))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_single_pass_needs_a_constant_gate():
+    x = torch.randn(1, 2, 9)
+    t = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="gate_grad"):
+        ck.pairwise_cringe_loss(x, t, x, t, gate_grad=True, grad_in_forward=True)
+    with pytest.raises(ValueError, match="inplace_backward"):
+        ck.pairwise_cringe_loss(x, t, x, t, inplace_backward=True, grad_in_forward=True)

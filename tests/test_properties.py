@@ -96,7 +96,8 @@ def test_pairwise_backend_equals_reference(backend, case, margin, temperature, l
     if logits.shape[0] == 0:
         return
     kw = dict(k=kw["k"], alpha=kw["alpha"], reduction=kw["reduction"], margin=margin, temperature=temperature,
-              length_normalize=length_normalize, gate_grad=gate_grad)
+              length_normalize=length_normalize, gate_grad=gate_grad,
+              grad_in_forward=kw["grad_in_forward"] and not gate_grad)
     chosen = logits.flip(1).detach().clone()
     out = ck.pairwise_cringe_loss(chosen, target.flip(1), logits, target, uniform=uniform, backend=backend,
                                   return_details=True, **kw)

@@ -11,7 +11,7 @@ Cringe providers (losses ``binary`` and ``pairwise``):
     Every kernel backend in ``available_backends(device)``, and the same with
     ``inplace_backward=True`` (the gradient overwrites the logits).
 ``<backend>-single-pass``
-    Binary loss only, for a backend with a single-pass kernel (all of ours):
+    For a backend with a single-pass kernel (all of ours):
     ``grad_in_forward=True``, the gradient written during the forward, so
     compare it in ``full`` mode (its ``bwd`` is nearly free).
 
@@ -80,12 +80,9 @@ class Provider:
     extra_bytes: Callable[[int, int], int] = lambda n, s: n * s
     note: str = ""
     unavailable: str = ""
-    only: Optional[tuple] = None
     _cache: Dict[str, Callable] = field(default_factory=dict, repr=False)
 
     def losses(self) -> tuple:
-        if self.only is not None:
-            return self.only
         return CRINGE_LOSSES if self.family == "cringe" else ("ce",)
 
     def fn(self, loss: str) -> Callable:
@@ -102,10 +99,9 @@ def cringe_fn(loss: str, backend: str, k: int, inplace: bool = False, single_pas
     opts = dict(k=k, backend=backend)
     if inplace:
         opts["inplace_backward"] = True
+    if single_pass:
+        opts["grad_in_forward"] = True
     if loss == "binary":
-        if single_pass:
-            opts["grad_in_forward"] = True
-
         def binary(logits, target, feedback, uniform):
             return cringe_loss(logits, target, feedback, uniform=uniform, **opts)
         return binary
@@ -207,7 +203,7 @@ def all_providers(device, k: int = 5) -> List[Provider]:
         if _has_single_pass(name):
             providers.append(Provider(f"{name}-single-pass", "cringe",
                                       lambda loss, b=name: cringe_fn(loss, b, k, single_pass=True),
-                                      extra_bytes=lambda n, s: n * s, only=("binary",),
+                                      extra_bytes=lambda n, s: n * s,
                                       note=f"backend={name!r}, grad_in_forward=True (gradient in the forward)"))
     providers += [
         Provider("ce-eager", "ce", lambda loss: ce_fn, extra_bytes=lambda n, s: n * (2 * s + 4),
