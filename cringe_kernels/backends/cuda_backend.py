@@ -36,8 +36,6 @@ except ImportError as err:
 else:
     _IMPORT_ERROR = ""
 
-MAX_K = _C_cuda.max_k if _C_cuda is not None else 64
-
 
 def _archs() -> Tuple[int, ...]:
     """Compute capabilities the module has SASS for, e.g. ``(80, 90)``."""
