@@ -127,6 +127,12 @@ def _check_layout(logits: torch.Tensor) -> None:
         raise ValueError(f"the triton backend supports V < 2**30 columns; got V={V}")
 
 
+def _as_stats(logits: torch.Tensor, *vectors: torch.Tensor):
+    """Per-row vectors in the statistics' dtype, contiguous, as the kernels read them."""
+    acc = stats_dtype(logits.dtype)
+    return tuple(v.to(acc).contiguous() for v in vectors)
+
+
 def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, lse_weight=None, grad=None):
     B, T, V = logits.shape
     N = B * T
@@ -364,7 +370,7 @@ class TritonRowStats(RowStatsBackend):
             return super().forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
         *stats, grad = torch.ops.cringe_kernels.triton_row_stats_with_grad(
             logits, target, uniform if k_eff > 0 else None, k_eff, ignore_index, self.block_v, self.sub_v,
-            lse_weight.to(stats_dtype(logits.dtype)).contiguous())
+            *_as_stats(logits, lse_weight))
         return RowStats(*stats), grad
 
     @torch.no_grad()
@@ -374,9 +380,8 @@ class TritonRowStats(RowStatsBackend):
             return super().backward_with_grad(grad, logits, target, sample_index, lse, lse_weight, grad_lse,
                                               grad_target, grad_sample, ignore_index)
         _check_layout(logits)
-        acc = stats_dtype(logits.dtype)
-        grad_lse, grad_target, grad_sample, lse_weight = (
-            g.to(acc).contiguous() for g in (grad_lse, grad_target, grad_sample, lse_weight))
+        grad_lse, grad_target, grad_sample, lse_weight = _as_stats(logits, grad_lse, grad_target, grad_sample,
+                                                                   lse_weight)
         torch.ops.cringe_kernels.triton_row_grad_complete_(
             grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample, ignore_index,
             self.block_v)
@@ -385,8 +390,7 @@ class TritonRowStats(RowStatsBackend):
     @torch.no_grad()
     def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):
         _check_layout(logits)
-        acc = stats_dtype(logits.dtype)
-        grad_lse, grad_target, grad_sample = (g.to(acc).contiguous() for g in (grad_lse, grad_target, grad_sample))
+        grad_lse, grad_target, grad_sample = _as_stats(logits, grad_lse, grad_target, grad_sample)
         args = (target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, self.block_v)
         if inplace:
             torch.ops.cringe_kernels.triton_row_grad_(logits, *args)

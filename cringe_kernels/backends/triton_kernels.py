@@ -280,14 +280,9 @@ def row_stats_fwd_kernel(
                 lse_w = tl.load(w_ptr + row).to(ACC)
                 for start in range(0, V, BLOCK):
                     cols = start + tl.arange(0, BLOCK)
-                    inside = cols < V
-                    x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(ACC)
-                    dx = lse_w * tl.exp(x - lse)
-                    if BF16_BY_HAND:
-                        dx = _to_bf16_rtne(dx)
-                    else:
-                        dx = dx.to(out_ptr.dtype.element_ty)
-                    tl.store(out_ptr + out_base + cols, dx, mask=inside)
+                    # The dense term only: no target or sampled column (-1).
+                    _write_grad(x_ptr + base, out_ptr + out_base, cols, cols < V, cols.to(tl.int64), -1, -1, lse,
+                                lse_w, 0.0, 0.0, True, ACC, BF16_BY_HAND)
 
 
 @triton.jit
