@@ -9,6 +9,10 @@ launch parameters can be chosen from measurements:
 * the CUDA forward with each top-k gate (``thread``, ``warp``, ``row``) and the CUDA
   backward, when ``_C_cuda`` is built; each forward's sampled columns and
   log-sum-exp are compared with the Triton forward's;
+* few rows (``--small-n``): the CUDA forward and backward with one block
+  per row against rows split into pieces (``CRINGE_KERNELS_CUDA_SPLIT``),
+  the ``auto`` policy's choice included, at each N; rows over the first N
+  logits rows, so the same bytes per row;
 * a device-to-device copy of the logits (1 read + 1 write), the bandwidth
   ceiling every fraction is taken against.
 
@@ -44,6 +48,8 @@ def main() -> int:
     ap.add_argument("--V", type=int, default=128256)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--small-n", default="32,128,512,2048",
+                    help="row counts (comma-separated, each <= N; '' for none) for the split-row comparison")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS,SUB' here "
                     "(the format of CRINGE_KERNELS_TRITON_FWD)")
@@ -228,13 +234,18 @@ def main() -> int:
             record("cuda-bwd-sparse", "after single pass (2 columns a row)", bench(cbwd_sparse), 0)
         except Exception as err:
             print(f"cuda single pass failed: {type(err).__name__}: {err}")
+        try:
+            small_rows(cuda_module, stream, x, target, u, k, (lse, tlog, slog, sidx), out, grads, record, bench,
+                       [int(n) for n in args.small_n.split(",") if n and int(n) <= N])
+        except Exception as err:
+            print(f"cuda split rows failed: {type(err).__name__}: {err}")
 
     print()
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter)"
     print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}; "
           f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
     for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad",
-                 "cuda-bwd-sparse"):
+                 "cuda-bwd-sparse", *sorted({r["kind"] for r in rows if r["kind"].startswith("cuda-small")})):
         best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
         if best:
             print(f"best {kind:11s} {best['config']:24s} {best['ms']:.3f} ms, {best['gbps'] / copy_gbps:.2f} of copy")
@@ -257,6 +268,55 @@ def main() -> int:
         with open(args.best_cuda_gate, "w") as f:
             f.write(min(gates, key=lambda r: r["ms"])["config"].split("=")[1] + "\n")
     return 0
+
+
+def small_rows(module, stream, x, target, u, k, stats, grad_out, grads, record, bench, row_counts) -> None:
+    """Few rows: one block per row (each gate) against rows in pieces.
+
+    Records ``cuda-small-fwd N=..`` and ``cuda-small-bwd N=..`` rows, one per
+    configuration; every split forward must give the one-block forward's
+    sampled columns and target logits exactly (the log-sum-exp to rounding),
+    or the row is marked as disagreeing.
+    """
+    from cringe_kernels.backends import _native
+    from cringe_kernels.backends import cuda_backend as cb
+
+    _, _, V = x.shape
+    code = _native.DTYPE_CODES[x.dtype]
+    es = x.element_size()
+    lse, tlog, slog, sidx = stats
+    for n in row_counts:
+        xs, gs = x[:, :n], grad_out[:, :n]
+        auto = module.row_pieces(n, V, x.device.index or 0)
+        candidates = sorted({1, 2, 4, 8, 16, auto})
+        workspaces = {p: torch.empty(module.forward_workspace_bytes(code, n, V, k, p), dtype=torch.uint8,
+                                     device=x.device) for p in candidates}
+
+        def fwd(gate, pieces):
+            module.forward(code, xs.data_ptr(), 1, n, V, xs.stride(0), xs.stride(1), target.data_ptr(), u.data_ptr(),
+                           k, -100, lse.data_ptr(), tlog.data_ptr(), slog.data_ptr(), sidx.data_ptr(), 0, stream,
+                           gate, pieces=pieces, workspace=_native.ptr(workspaces[pieces]))
+
+        def bwd(pieces):
+            module.backward(code, xs.data_ptr(), 1, n, V, xs.stride(0), xs.stride(1), target.data_ptr(),
+                            sidx.data_ptr(), lse.data_ptr(), *(g.data_ptr() for g in grads), -100, gs.data_ptr(),
+                            gs.stride(0), gs.stride(1), 0, stream, pieces=pieces)
+
+        fwd(cb._GATES["row"], 1)
+        want = (sidx[:n].clone(), tlog[:n].clone(), lse[:n].clone())
+        for gate_name in ("thread", "row"):
+            record(f"cuda-small-fwd N={n}", f"gate={gate_name} pieces=1",
+                   bench(lambda g=cb._GATES[gate_name]: fwd(g, 1)), n * V * es)
+        for pieces in candidates[1:]:
+            tag = " (auto)" if pieces == auto else ""
+            record(f"cuda-small-fwd N={n}", f"pieces={pieces}{tag}", bench(lambda p=pieces: fwd(0, p)), n * V * es)
+            agrees = (torch.equal(sidx[:n], want[0]) and torch.equal(tlog[:n].nan_to_num(), want[1].nan_to_num())
+                      and torch.allclose(lse[:n], want[2], rtol=1e-5, atol=1e-5, equal_nan=True))
+            if not agrees:
+                print(f"cuda split rows N={n} pieces={pieces}: DISAGREES with one block per row")
+        for pieces in candidates:
+            tag = " (auto)" if pieces == auto else ""
+            record(f"cuda-small-bwd N={n}", f"pieces={pieces}{tag}", bench(lambda p=pieces: bwd(p)), 2 * n * V * es)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Runs the ``cuda`` backend's forward and backward over the cases that touch
 the edges of the kernels' memory accesses: every dtype, rows misaligned for
 16-byte loads (odd V, ``logits[:, :-1]``), V smaller than one pack, k = 1,
-k = 64 (the largest shared-memory list) and k > 64 (the fallback), ignored
-rows, out-of-range targets with value checks off, -inf and NaN rows, and
-in-place backward. Exits non-zero on any Python-level error; the sanitizer
+k = 64 (the largest shared-memory list) and k > 64 (the fallback), each
+top-k strategy, rows split across blocks, ignored rows, out-of-range
+targets with value checks off, -inf and NaN rows, and in-place backward.
+Exits non-zero on any Python-level error; the sanitizer
 reports memory errors itself::
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitizer_case.py [--quick] [--large]
@@ -62,6 +63,14 @@ def main() -> int:
             os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = gate
             cases += edge_cases(backend, dev, quick=True)
         os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "thread"
+        # Rows split across blocks (the forward's piece workspace and merge).
+        split = os.environ.get("CRINGE_KERNELS_CUDA_SPLIT")
+        os.environ["CRINGE_KERNELS_CUDA_SPLIT"] = "3"
+        cases += edge_cases(backend, dev, quick=True)
+        if split is None:
+            del os.environ["CRINGE_KERNELS_CUDA_SPLIT"]
+        else:
+            os.environ["CRINGE_KERNELS_CUDA_SPLIT"] = split
     if "--large" in sys.argv:
         cases += large_case(backend, dev)
     if dev == "cuda":

@@ -393,7 +393,7 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
     out = subprocess.run(
         [sys.executable, str(script), "--N", "3", "--V", "70", "--csv", str(tmp_path / "t.csv"),
          "--best-fwd", str(tmp_path / "best.txt"), "--best-cuda-gate", str(tmp_path / "gate.txt"),
-         "--best-cuda-single-pass", str(tmp_path / "shape.txt")],
+         "--best-cuda-single-pass", str(tmp_path / "shape.txt"), "--small-n", "1,3"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -407,6 +407,9 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
         # Every CUDA forward agreed with Triton's, and the single pass
         # completed to the two-pass gradient bit for bit.
         assert "completed gradient == two-pass gradient: True" in out.stdout
+        # Few rows: one block per row against pieces, which agree.
+        assert {"cuda-small-fwd N=1", "cuda-small-bwd N=3"} <= kinds and "DISAGREES" not in out.stdout
+        assert "cuda split rows failed" not in out.stdout
         assert (tmp_path / "gate.txt").read_text().strip() in ("thread", "warp", "row")
         threads, blocks = (int(v) for v in (tmp_path / "shape.txt").read_text().split(","))
         assert threads in (128, 256, 512) and blocks in (1, 2, 3, 4)

@@ -40,6 +40,17 @@ def kern(request):
     return request.param
 
 
+def _module(kern):
+    """The compiled module behind ``kern``: ``_C_cuda`` or its simulator build."""
+    if kern.name == "cuda":
+        from cringe_kernels import _C_cuda
+
+        return _C_cuda
+    import cuda_sim
+
+    return cuda_sim.MODULE
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [2, 3, 33, 1000, 4099, 32000])
 @pytest.mark.parametrize("k", [1, 5, 17, 64])
@@ -350,3 +361,130 @@ def test_bad_single_pass_shape_is_a_clear_error(kern, value, monkeypatch):
     with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SINGLE_PASS"):
         ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name,
                        grad_in_forward=True)
+
+
+# ---- Split rows (CRINGE_KERNELS_CUDA_SPLIT, csrc/cuda/launch.h RowSplit) -----
+
+
+@pytest.mark.parametrize("pieces", [2, 3, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V,k", [(33, 5), (1001, 1), (4099, 64), (70001, 17)])
+def test_split_rows_match_reference(kern, pieces, dtype, V, k, monkeypatch):
+    """Rows cut into pieces (32 pieces of a 33-column row: most are empty):
+    the same samples and statistics, forward and backward, strided rows and
+    ignored rows included."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", str(pieces))
+    full = random_logits((2, 4, V), dtype, kern.dev, seed=V + pieces)
+    y = random_target((2, 3), V, kern.dev, seed=V)
+    compare_binary(full[:, :-1], y, half_negative((2, 3), kern.dev), kern.name, k=k, ct_on_positives=True)
+    x, target, u = nonfinite_rows(V, dtype, kern.dev)
+    got = backends.resolve(kern.name, x).forward(x, target, u, 3, -100)
+    want = reference.row_stats(x, target, u, 3, -100)
+    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
+    assert torch.equal(got.sample_index, want.sample_index)
+
+
+@pytest.mark.parametrize("pieces", [2, 5])
+@pytest.mark.parametrize("V", [300, 9000, 70001])
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_split_rows_on_adversarial_rows(kern, pieces, V, k, monkeypatch):
+    # Ties that straddle the pieces' boundaries and candidates only at a
+    # row's start or end: the merge must keep SPEC order across pieces.
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", str(pieces))
+    x, target, u = adversarial_topk_rows(V, torch.bfloat16, kern.dev)
+    got = backends.resolve(kern.name, x).forward(x, target, u, k, -100)
+    want = reference.row_stats(x, target, u, k, -100)
+    torch.testing.assert_close(got.lse, want.lse, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(got.sample_logit, want.sample_logit, rtol=0, atol=0)
+    assert torch.equal(got.sample_index, want.sample_index)
+
+
+def test_split_rows_edge_cases(kern, monkeypatch):
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4")
+    compare_ties(kern.name, kern.dev, (1, 3, 17, 64))
+    check_nan_rows(kern.name, kern.dev)
+    # All rows ignored, k = 0, k >= V - 1, out-of-range targets.
+    x = random_logits((2, 3, 50), torch.float32, kern.dev).requires_grad_(True)
+    yy = torch.full((2, 3), -100, dtype=torch.long, device=kern.dev)
+    loss = ck.cringe_loss(x, yy, half_negative((2, 3), kern.dev), backend=kern.name)
+    loss.backward()
+    assert loss.item() == 0.0 and bool((x.grad == 0).all())
+    for k in (49, 60):
+        xk = random_logits((2, 3, 50), torch.float32, kern.dev)
+        compare_binary(xk, random_target((2, 3), 50, kern.dev), half_negative((2, 3), kern.dev), kern.name, k=k,
+                       ct_on_positives=True)
+    yk = random_target((2, 3), 50, kern.dev).reshape(-1)
+    got = backends.resolve(kern.name, x).forward(x.detach(), yk, None, 0, -100)  # k = 0: no draw
+    want = reference.row_stats(x.detach(), yk, None, 0, -100)
+    torch.testing.assert_close(got.lse, want.lse)
+    assert torch.equal(got.sample_index, want.sample_index)
+    with ck.value_checks(False):
+        s = backends.resolve(kern.name, x).forward(x.detach(), torch.tensor([0, 50, -7, 3, 10**12, 1], device=kern.dev),
+                                                   torch.rand(6, device=kern.dev), 5, -100)
+    assert bool(torch.isnan(s.lse[[1, 2, 4]]).all()) and bool((s.sample_index[[1, 2, 4]] == -1).all())
+    assert bool((s.sample_index[[0, 3, 5]] >= 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_rows_inplace_and_single_pass(kern, dtype, monkeypatch):
+    # The in-place backward in pieces; the single pass keeps one block per row
+    # whatever the setting, and its completion stays bitwise the two-pass one.
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "3")
+    V = 9001
+    x = random_logits((2, 3, V), dtype, kern.dev, seed=4)
+    y = random_target((2, 3), V, kern.dev)
+    fb, u = half_negative((2, 3), kern.dev), torch.rand(2, 3, device=kern.dev)
+    _, g_out = run_binary(x, y, fb, kern.name, k=5, uniform=u, ct_on_positives=True)
+    _, g_in = run_binary(x, y, fb, kern.name, k=5, uniform=u, ct_on_positives=True, inplace=True)
+    assert torch.equal(g_out, g_in)
+    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, V, 5,
+                                 kern.dev)
+
+
+def test_split_rows_give_the_same_samples_as_one_block(kern, monkeypatch):
+    x = random_logits((1, 5, 70001), torch.bfloat16, kern.dev, seed=8)
+    y = random_target((1, 5), 70001, kern.dev, ignore_frac=0.0)
+    u = torch.rand(5, device=kern.dev)
+    stats = []
+    for value in ("1", "7"):
+        monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", value)
+        stats.append(backends.resolve(kern.name, x).forward(x, y.reshape(-1), u, 5, -100))
+    assert torch.equal(stats[0].sample_index, stats[1].sample_index)
+    assert torch.equal(stats[0].sample_logit, stats[1].sample_logit)
+    assert torch.equal(stats[0].target_logit, stats[1].target_logit)
+    torch.testing.assert_close(stats[0].lse, stats[1].lse, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("value", ["0", "33", "two", ""])
+def test_bad_split_is_a_clear_error(kern, value, monkeypatch):
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", value)
+    x = random_logits((1, 2, 10), torch.float32, kern.dev)
+    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SPLIT"):
+        ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name)
+
+
+def test_split_policy_and_workspace(kern):
+    """The auto policy (csrc/cuda/launch.h row_pieces) on this device, and the
+    launcher's refusal of a split without a workspace or with too many pieces."""
+    module = _module(kern)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if kern.dev == "cuda" else 3  # the simulator's
+    want = 4 * sms
+    assert module.row_pieces(want, 128256, 0) == 1  # enough rows
+    assert module.row_pieces(1, 128256, 0) == min(want, 128256 // 8192, module.max_pieces)
+    assert module.row_pieces(want - 1, 128256, 0) == 2
+    assert module.row_pieces(1, 16383, 0) == 1  # pieces of at least 8192 columns
+    assert module.row_pieces(0, 128256, 0) == 1
+    # [m, s] per piece, then k_eff keys and int32 columns per piece.
+    assert module.forward_workspace_bytes(0, 3, 100, 5, 4) == 3 * 4 * (4 + 4 + 5 * (4 + 4))
+    assert module.forward_workspace_bytes(1, 3, 6, 9, 4) == 3 * 4 * (8 + 8 + 5 * (8 + 4))  # k_eff = V - 1
+    assert module.forward_workspace_bytes(3, 3, 100, 5, 1) == 0
+    x = random_logits((1, 2, 100), torch.float32, kern.dev)
+    y = torch.tensor([1, 2], device=kern.dev)
+    out = [torch.empty(2, device=kern.dev) for _ in range(3)] + [torch.empty(2, dtype=torch.long, device=kern.dev)]
+    ws = torch.empty(module.forward_workspace_bytes(0, 2, 100, 0, 2), dtype=torch.uint8, device=kern.dev)
+    args = (0, x.data_ptr(), 1, 2, 100, x.stride(0), x.stride(1), y.data_ptr(), 0, 0, -100,
+            *(t.data_ptr() for t in out), 0, 0)
+    module.forward(*args, pieces=2, workspace=ws.data_ptr())
+    for bad in (dict(pieces=2), dict(pieces=module.max_pieces + 1, workspace=ws.data_ptr()), dict(pieces=0)):
+        with pytest.raises(RuntimeError, match="cudaErrorInvalidValue"):
+            module.forward(*args, **bad)

@@ -27,8 +27,9 @@ if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
 # Kernel instantiations per architecture: the backward per dtype (float32,
 # float64, float16, bfloat16); the forward per dtype with the per-thread
 # top-k gate, and once more with the warp-shared gate for all but float64
-# (which walks column by column).
-KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 7, "backward_kernel": 4}
+# (which walks column by column); the row-threshold forward per dtype, with
+# and without the single-pass gradient; the merge of split rows per dtype.
+KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 8, "merge_pieces_kernel": 4, "backward_kernel": 4}
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def test_cuda_kernels_are_clean_under_asan():
     assert "ERROR: AddressSanitizer" not in res.stderr
 
 
-@pytest.mark.parametrize("gate", ["thread", "warp", "row", "single-pass"])
+@pytest.mark.parametrize("gate", ["thread", "warp", "row", "single-pass", "split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k", [5, 64])
 def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monkeypatch):
@@ -153,7 +153,8 @@ def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monke
     y = torch.cat([adversarial_topk_rows(3001, dtype)[1], random_target((1, 6), 3001, "cpu").reshape(-1)])
     u = torch.rand(12, generator=torch.Generator().manual_seed(k))
     g = [torch.randn(12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row" if gate == "single-pass" else gate)
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate if gate in ("thread", "warp", "row") else "row")
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4" if gate == "split" else "1")
     results = []
     for schedule in ("forward", "reverse", "shuffle"):
         monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)

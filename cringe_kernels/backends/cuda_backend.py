@@ -16,6 +16,10 @@ The forward kernel keeps its top-k lists in shared memory, for
 kernel computes ``lse`` and the target logit and the draw is made by
 :func:`cringe_kernels.reference.sample_columns` on the non-ignored rows
 (same rule, so the same column; slower and with ``[rows, V]`` temporaries).
+
+With few rows the kernels cut each row into pieces, one block each
+(:func:`_row_pieces`); the forward's pieces leave their statistics in a
+workspace this module allocates, which a second kernel merges.
 """
 
 import os
@@ -78,6 +82,29 @@ def _single_pass_shape() -> Tuple[int, int]:
     return threads, blocks
 
 
+def _row_pieces(module, N: int, V: int, device_index: int) -> int:
+    """Blocks per row (csrc/cuda/launch.h, RowSplit).
+
+    ``CRINGE_KERNELS_CUDA_SPLIT``: ``auto`` (the default: one block per row
+    unless there are too few rows to give every SM four blocks, then the
+    fewest pieces of at least 8192 columns that do) or a number of pieces
+    from 1 to ``max_pieces`` (32). The forward's pieces write their
+    statistics to a workspace that a second kernel merges per row; the
+    backward's pieces are independent.
+    """
+    raw = os.environ.get("CRINGE_KERNELS_CUDA_SPLIT", "auto")
+    if raw == "auto":
+        return module.row_pieces(N, V, device_index)
+    try:
+        pieces = int(raw)
+    except ValueError:
+        pieces = 0
+    if not 1 <= pieces <= module.max_pieces:
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SPLIT must be 'auto' or a number of pieces from 1 to "
+                         f"{module.max_pieces}; got {raw!r}")
+    return pieces
+
+
 def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
@@ -101,13 +128,21 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
 
     def launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=None, grad=None) -> None:
         B, T, V = logits.shape
+        device = logits.device.index or 0
+        code = _native.DTYPE_CODES[logits.dtype]
         kernel_k = k if min(k, V - 1) <= max_k else 0
+        # The single pass keeps each row in one block (it needs the row's lse).
+        pieces = _row_pieces(module, B * T, V, device) if grad is None else 1
+        workspace = None
+        if pieces > 1:
+            workspace = torch.empty(module.forward_workspace_bytes(code, B * T, V, kernel_k, pieces),
+                                    dtype=torch.uint8, device=logits.device)
         module.forward(
-            _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
+            code, logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
-            *(t.data_ptr() for t in out), logits.device.index or 0, stream_of(logits.device), _forward_gate(),
+            *(t.data_ptr() for t in out), device, stream_of(logits.device), _forward_gate(),
             _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
-            *(_single_pass_shape() if grad is not None else (512, 1)),
+            *(_single_pass_shape() if grad is not None else (512, 1)), pieces, _native.ptr(workspace),
         )
         if kernel_k != k:
             _sample_large_k(logits, target, uniform, k, ignore_index, out)
@@ -120,6 +155,7 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
             target.data_ptr(), sample_index.data_ptr(), lse.data_ptr(), grad_lse.data_ptr(),
             grad_target.data_ptr(), grad_sample.data_ptr(), ignore_index, grad.data_ptr(), grad.stride(0),
             grad.stride(1), logits.device.index or 0, stream_of(logits.device), _native.ptr(lse_weight),
+            _row_pieces(module, B * T, V, logits.device.index or 0),
         )
 
     return launch_forward, launch_backward

@@ -40,6 +40,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.attr("archs") = CRINGE_CUDA_ARCHS;
   m.attr("cuda_runtime_version") = CUDART_VERSION;
   m.attr("max_k") = cringe::cuda::kMaxK;
+  m.attr("max_pieces") = cringe::cuda::kMaxPieces;
 
   m.def(
       "forward",
@@ -47,7 +48,7 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
          std::uintptr_t stream, int gate, std::uintptr_t lse_weight, std::uintptr_t grad, int64_t grad_stride_b,
-         int64_t grad_stride_t, int grad_threads, int grad_blocks_per_sm) {
+         int64_t grad_stride_t, int grad_threads, int grad_blocks_per_sm, int pieces, std::uintptr_t workspace) {
         cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                  ignore_index, lse, target_logit, sample_logit, sample_index);
         cringe::bindings::set_single_pass(p, lse_weight, grad, grad_stride_b, grad_stride_t);
@@ -56,8 +57,11 @@ PYBIND11_MODULE(_C_cuda, m) {
         cringe::cuda::SinglePassShape shape;
         shape.threads = grad_threads;
         shape.blocks_per_sm = grad_blocks_per_sm;
+        cringe::cuda::RowSplit split;
+        split.pieces = pieces;
+        split.workspace = cringe::bindings::ptr<void>(workspace);
         check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream),
-                                           static_cast<cringe::cuda::ForwardGate>(gate), shape),
+                                           static_cast<cringe::cuda::ForwardGate>(gate), shape, split),
               "forward launch");
       },
       py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
@@ -65,11 +69,13 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
       py::arg("stream"), py::arg("gate") = 0, py::arg("lse_weight") = 0, py::arg("grad") = 0,
       py::arg("grad_stride_b") = 0, py::arg("grad_stride_t") = 0, py::arg("grad_threads") = 512,
-      py::arg("grad_blocks_per_sm") = 1, py::call_guard<py::gil_scoped_release>(),
+      py::arg("grad_blocks_per_sm") = 1, py::arg("pieces") = 1, py::arg("workspace") = 0,
+      py::call_guard<py::gil_scoped_release>(),
       "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
       "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold (see csrc/cuda/launch.h). With "
       "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight, launched with "
-      "`grad_threads` per block and `grad_blocks_per_sm`.");
+      "`grad_threads` per block and `grad_blocks_per_sm`. `pieces` > 1: each row in that many blocks, their "
+      "statistics merged through `workspace` (forward_workspace_bytes bytes; see csrc/cuda/launch.h).");
 
   m.def(
       "backward",
@@ -77,21 +83,39 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t target, std::uintptr_t sample_index, std::uintptr_t lse, std::uintptr_t grad_lse,
          std::uintptr_t grad_target, std::uintptr_t grad_sample, int64_t ignore_index, std::uintptr_t grad,
          int64_t grad_stride_b, int64_t grad_stride_t, int device, std::uintptr_t stream,
-         std::uintptr_t lse_weight) {
+         std::uintptr_t lse_weight, int pieces) {
         cringe::BackwardParams p =
             backward_params(dtype, logits, B, T, V, stride_b, stride_t, target, sample_index, lse, grad_lse,
                             grad_target, grad_sample, ignore_index, grad, grad_stride_b, grad_stride_t);
         p.lse_weight = cringe::bindings::ptr<const void>(lse_weight);
         check(cudaSetDevice(device), "cudaSetDevice");
-        check(cringe::cuda::launch_backward(p, reinterpret_cast<cudaStream_t>(stream)), "backward launch");
+        check(cringe::cuda::launch_backward(p, reinterpret_cast<cudaStream_t>(stream), pieces), "backward launch");
       },
       py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
       py::arg("stride_t"), py::arg("target"), py::arg("sample_index"), py::arg("lse"), py::arg("grad_lse"),
       py::arg("grad_target"), py::arg("grad_sample"), py::arg("ignore_index"), py::arg("grad"),
       py::arg("grad_stride_b"), py::arg("grad_stride_t"), py::arg("device"), py::arg("stream"),
-      py::arg("lse_weight") = 0, py::call_guard<py::gil_scoped_release>(),
+      py::arg("lse_weight") = 0, py::arg("pieces") = 1, py::call_guard<py::gil_scoped_release>(),
       "Gradient of the logits on `stream`; grad may alias logits. With `lse_weight`, completes the gradient a "
-      "forward with the same `lse_weight` wrote into `grad`.");
+      "forward with the same `lse_weight` wrote into `grad`. `pieces`: blocks per row.");
+
+  m.def(
+      "row_pieces",
+      [](int64_t N, int64_t V, int device) {
+        int sms = 0;
+        check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+        return cringe::cuda::row_pieces(N, V, sms);
+      },
+      py::arg("N"), py::arg("V"), py::arg("device"),
+      "Blocks per row for N rows of V columns on `device` (the policy of CRINGE_KERNELS_CUDA_SPLIT=auto).");
+
+  m.def(
+      "forward_workspace_bytes",
+      [](int dtype, int64_t N, int64_t V, int64_t k, int pieces) {
+        return cringe::cuda::forward_workspace_bytes(static_cast<cringe::DType>(dtype), N, V, k, pieces);
+      },
+      py::arg("dtype"), py::arg("N"), py::arg("V"), py::arg("k"), py::arg("pieces"),
+      "Bytes of `workspace` a forward with `pieces` > 1 needs (0 for one piece).");
 
   m.def(
       "device_count",

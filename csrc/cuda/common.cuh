@@ -98,6 +98,22 @@ __device__ __forceinline__ int head_elements(const S* row, int V) {
   return h < V ? h : V;
 }
 
+// The 16-byte packs [lo, hi) of piece `piece` of `pieces` of a row of
+// `packs` packs (launch.h, RowSplit): consecutive, sizes differing by at
+// most one, and [0, packs) for one piece.
+__device__ __forceinline__ void piece_packs(int packs, int piece, int pieces, int& lo, int& hi) {
+  lo = static_cast<int>(static_cast<int64_t>(packs) * piece / pieces);
+  hi = static_cast<int>(static_cast<int64_t>(packs) * (piece + 1) / pieces);
+}
+
+// Threads per block (host side) for rows, or pieces of rows, of `packs`
+// 16-byte packs: up to `threads`, halved while half of them would still
+// have a pack each (short rows).
+inline int threads_for(int threads, int64_t packs) {
+  while (threads > 32 && threads / 2 >= packs) threads /= 2;
+  return threads;
+}
+
 // Walks this thread's columns of the row in ascending order (the top-k relies
 // on it): the unaligned head element by element (on_element(col, raw)), then
 // 16-byte packs strided by blockDim (on_pack(first_col, pack)), then the tail

@@ -12,7 +12,9 @@
 //     order);
 //   * forward_row_threshold_kernel (kRow): one list per row and its k-th key
 //     as the gate of the whole block (below); with kWithGrad it also writes
-//     the single-pass gradient.
+//     the single-pass gradient; with pieces > 1 (few rows: launch.h,
+//     RowSplit) a block takes one piece of a row and leaves its statistics
+//     to merge_pieces_kernel.
 // The (max, sum) pairs are merged by warp shuffles and one shared step, and
 // thread 0 draws from the k_eff candidates (row_math.h) and writes the four
 // outputs. Offsets of rows are int64; columns inside a row are int32
@@ -393,9 +395,22 @@ constexpr int grad_threads() {
   return std::is_same<typename Types<D>::Acc, double>::value ? kMaxThreads : 512;
 }
 
+// Blocks per SM the row-threshold kernel is compiled for: float64
+// (gradcheck, not speed) spills in the 64 registers of four blocks, and
+// kWithGrad runs one block per SM.
 template <DType D, bool kWithGrad>
-__global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, kWithGrad ? 1 : 4)
-    forward_row_threshold_kernel(const ForwardParams p, const int k_eff) {
+constexpr int row_threshold_min_blocks() {
+  return kWithGrad || std::is_same<typename Types<D>::Acc, double>::value ? 1 : kPieceBlocksPerSm;
+}
+
+// With pieces > 1 the block takes piece `item % pieces` of row `item /
+// pieces`: its range of packs, and for piece 0 also the head and tail
+// columns; it writes the piece's (max, sum-exp) and its sorted top-k list
+// (the best k_eff of its columns, padded with (-inf, INT_MAX)) to the
+// workspace instead of the row's outputs.
+template <DType D, bool kWithGrad>
+__global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, row_threshold_min_blocks<D, kWithGrad>())
+    forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split) {
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
@@ -415,6 +430,9 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
   Acc* lse_out = static_cast<Acc*>(p.lse);
   Acc* tl_out = static_cast<Acc*>(p.target_logit);
   Acc* sl_out = static_cast<Acc*>(p.sample_logit);
+  const int pieces = kWithGrad ? 1 : split.pieces;
+  const PieceLayout layout = piece_layout(sizeof(Acc), N * pieces, k_eff);
+  unsigned char* ws = static_cast<unsigned char*>(split.workspace);
 
   if (threadIdx.x == 0) {
     sh.buf_count = 0;
@@ -424,12 +442,14 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
   }
   __syncthreads();
 
-  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+  for (int64_t item = blockIdx.x; item < N * pieces; item += gridDim.x) {
+    const int64_t i = item / pieces;
+    const int piece = static_cast<int>(item % pieces);
     const int64_t y = p.target[i];
     auto logits_row = [&] { return static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t; };
     auto grad_row = [&] { return static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t; };
     if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
-      if (threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);
+      if (pieces == 1 && threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);  // else merge_pieces_kernel
       // Ignored rows get zeros now; a target out of range leaves the row to
       // the backward (it writes every row it was not promised).
       if constexpr (kWithGrad) {
@@ -450,7 +470,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
     const int head = head_elements(row, V);
     const int packs = (V - head) / kN;
     const int tail = head + packs * kN;
-    const int scalars = head + (V - tail);
+    const int scalars = piece == 0 ? head + (V - tail) : 0;
     for (int base = 0; base < scalars; base += T) {
       const int j = base + threadIdx.x;
       const int col = j < head ? j : tail + (j - head);
@@ -468,22 +488,24 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
       }
     }
 
-    // The packs, kUnroll per thread and round.
+    // The packs [lo, hi) of this piece, kUnroll per thread and round.
     const Pack<S>* body = reinterpret_cast<const Pack<S>*>(row + head);
     Acc shift = st.shift();  // kept in a register
-    const int rounds = (packs + kUnroll * T - 1) / (kUnroll * T);
+    int lo, hi;
+    piece_packs(packs, piece, pieces, lo, hi);
+    const int rounds = (hi - lo + kUnroll * T - 1) / (kUnroll * T);
     for (int r = 0; r < rounds; ++r) {
-      const int q0 = r * kUnroll * T + threadIdx.x;
+      const int q0 = lo + r * kUnroll * T + threadIdx.x;
       Pack<S> pk[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        if (q0 + u * T < packs) pk[u] = body[q0 + u * T];
+        if (q0 + u * T < hi) pk[u] = body[q0 + u * T];
       }
       Acc pmax[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         pmax[u] = neg_inf<Acc>();
-        if (q0 + u * T >= packs) continue;
+        if (q0 + u * T >= hi) continue;
         Acc x[kN];
 #pragma unroll
         for (int e = 0; e < kN; ++e) x[e] = Ty::load(pk[u].v[e]);
@@ -508,7 +530,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
       uint32_t pending = 0;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        if (q0 + u * T < packs && (pmax[u] >= thr || nan_seen)) {
+        if (q0 + u * T < hi && (pmax[u] >= thr || nan_seen)) {
 #pragma unroll
           for (int e = 0; e < kN; ++e) {
             const int col = head + (q0 + u * T) * kN + e;
@@ -524,22 +546,33 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
 
     st = block_lse(st, warp_m, warp_s);
     if (threadIdx.x == 0) {
-      lse_out[i] = st.lse();
-      if constexpr (kWithGrad) row_lse = st.lse();
-      tl_out[i] = Ty::load(row[yc]);
-      if (k_eff > 0) {
-        // Every non-target column was offered while the list was short, so
-        // it holds k_eff candidates.
-        const int sel = sh.list_sel;
-        const int col = sh.list_cols[sel][draw_position(sh.list_keys[sel], k_eff, 1, p.uniform[i])];
-        p.sample_index[i] = col;
-        sl_out[i] = Ty::load(row[col]);
-        sh.list_n = 0;
-        sh.threshold = neg_inf<Acc>();
+      const int sel = sh.list_sel;
+      if (pieces > 1) {
+        reinterpret_cast<Acc*>(ws + layout.m)[item] = st.m;
+        reinterpret_cast<Acc*>(ws + layout.s)[item] = st.s;
+        Acc* keys = reinterpret_cast<Acc*>(ws + layout.keys) + item * k_eff;
+        int* cols = reinterpret_cast<int*>(ws + layout.cols) + item * k_eff;
+        for (int j = 0; j < k_eff; ++j) {  // a short piece may hold fewer than k_eff
+          keys[j] = j < sh.list_n ? sh.list_keys[sel][j] : neg_inf<Acc>();
+          cols[j] = j < sh.list_n ? sh.list_cols[sel][j] : INT_MAX;
+        }
       } else {
-        p.sample_index[i] = -1;
-        sl_out[i] = Acc(0);
+        lse_out[i] = st.lse();
+        if constexpr (kWithGrad) row_lse = st.lse();
+        tl_out[i] = Ty::load(row[yc]);
+        if (k_eff > 0) {
+          // Every non-target column was offered while the list was short, so
+          // it holds k_eff candidates.
+          const int col = sh.list_cols[sel][draw_position(sh.list_keys[sel], k_eff, 1, p.uniform[i])];
+          p.sample_index[i] = col;
+          sl_out[i] = Ty::load(row[col]);
+        } else {
+          p.sample_index[i] = -1;
+          sl_out[i] = Acc(0);
+        }
       }
+      sh.list_n = 0;
+      sh.threshold = neg_inf<Acc>();
     }
     // The list and the warp partials are reused by the next row.
     __syncthreads();
@@ -551,8 +584,72 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, k
   }
 }
 
+// Merges the pieces of each row (forward_row_threshold_kernel with pieces >
+// 1), one warp per row: lane j holds piece j's (max, sum-exp) and the head
+// of its sorted list; k_eff rounds of warp argmax over the heads give the
+// row's top-k in SPEC order (the pieces' columns are disjoint and hold at
+// least k_eff real candidates between them, so the (-inf, INT_MAX) padding
+// never wins), then the draw and the outputs as in the one-block kernels.
 template <DType D>
-cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePassShape shape, cudaStream_t stream) {
+__global__ void __launch_bounds__(32) merge_pieces_kernel(const ForwardParams p, const int k_eff, const RowSplit split) {
+  using Ty = Types<D>;
+  using S = typename Ty::S;
+  using Acc = typename Ty::Acc;
+  __shared__ Acc cand_keys[kMaxK];
+  __shared__ int cand_cols[kMaxK];
+
+  const int V = static_cast<int>(p.V);
+  const int64_t N = p.B * p.T;
+  const int lane = threadIdx.x;
+  const int pieces = split.pieces;
+  const PieceLayout layout = piece_layout(sizeof(Acc), N * pieces, k_eff);
+  const unsigned char* ws = static_cast<const unsigned char*>(split.workspace);
+  const Acc* piece_m = reinterpret_cast<const Acc*>(ws + layout.m);
+  const Acc* piece_s = reinterpret_cast<const Acc*>(ws + layout.s);
+  const Acc* piece_keys = reinterpret_cast<const Acc*>(ws + layout.keys);
+  const int* piece_cols = reinterpret_cast<const int*>(ws + layout.cols);
+
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int64_t y = p.target[i];
+    if (y == p.ignore_index || y < 0 || y >= V) {  // warp-uniform
+      if (lane == 0) write_skipped_row<Acc>(p, i, y);
+      continue;
+    }
+    const int64_t item = i * pieces + lane;  // this lane's piece
+    const bool has_piece = lane < pieces;
+    LseState<Acc> st = has_piece ? LseState<Acc>{piece_m[item], piece_s[item]} : LseState<Acc>::empty();
+    warp_lse(st);
+    const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+    if (k_eff > 0) {
+      int head = 0;
+      for (int r = 0; r < k_eff; ++r) {
+        const bool live = has_piece && head < k_eff;
+        Acc key = live ? piece_keys[item * k_eff + head] : neg_inf<Acc>();
+        int col = live ? piece_cols[item * k_eff + head] : INT_MAX;
+        const int own = col;
+        warp_argmax(key, col);
+        if (live && own == col) ++head;
+        if (lane == 0) {
+          cand_keys[r] = key;
+          cand_cols[r] = col;
+        }
+      }
+      __syncwarp();
+    }
+    if (lane == 0) {
+      static_cast<Acc*>(p.lse)[i] = st.lse();
+      static_cast<Acc*>(p.target_logit)[i] = Ty::load(row[y]);
+      const int col = k_eff > 0 ? cand_cols[draw_position(cand_keys, k_eff, 1, p.uniform[i])] : -1;
+      p.sample_index[i] = col;
+      static_cast<Acc*>(p.sample_logit)[i] = col >= 0 ? Ty::load(row[col]) : Acc(0);
+    }
+    __syncwarp();  // cand_* are reused by the next row
+  }
+}
+
+template <DType D>
+cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePassShape shape, RowSplit split,
+                   cudaStream_t stream) {
   using Acc = typename Types<D>::Acc;
   using S = typename Types<D>::S;
   const int64_t N = p.B * p.T;
@@ -565,28 +662,30 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePa
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess) return err;
-    int threads = shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>();
-    while (threads > 32 && threads / 2 >= packs) threads /= 2;  // short rows
+    const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
     const int64_t resident = static_cast<int64_t>(sms) * shape.blocks_per_sm;
     const unsigned blocks = static_cast<unsigned>(N < resident ? N : resident);
-    CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, true>)(p, k_eff);
+    CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, true>)(p, k_eff, RowSplit{});
     return cudaGetLastError();
   }
-  // float64 (gradcheck, not speed) keeps the per-thread lists for every gate:
-  // one kernel fewer, and its row-threshold form spills.
-  if constexpr (!std::is_same<Acc, double>::value) {
-    if (gate == ForwardGate::kRow) {
-      int threads = kMaxThreads;
-      while (threads > 32 && threads / 2 >= packs) threads /= 2;  // short rows
-      CRINGE_LAUNCH(grid, threads, 0, stream, forward_row_threshold_kernel<D, false>)(p, k_eff);
-      return cudaGetLastError();
-    }
+  if (split.pieces > 1) {
+    const int64_t items = N * split.pieces;
+    const unsigned piece_grid = static_cast<unsigned>(items < INT_MAX ? items : INT_MAX);
+    CRINGE_LAUNCH(piece_grid, threads_for(kMaxThreads, packs / split.pieces), 0, stream,
+                  forward_row_threshold_kernel<D, false>)(p, k_eff, split);
+    CRINGE_LAUNCH(grid, 32, 0, stream, merge_pieces_kernel<D>)(p, k_eff, split);
+    return cudaGetLastError();
+  }
+  if (gate == ForwardGate::kRow) {
+    CRINGE_LAUNCH(grid, threads_for(kMaxThreads, packs), 0, stream, forward_row_threshold_kernel<D, false>)(
+        p, k_eff, split);
+    return cudaGetLastError();
   }
   const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
   int threads = kMaxThreads;
   // Fewer threads for large k (their lists share kListBytes) or short rows.
   while (threads > 32 && static_cast<size_t>(threads) * per_thread > kListBytes) threads /= 2;
-  while (threads > 32 && threads / 2 >= packs) threads /= 2;
+  threads = threads_for(threads, packs);
   const size_t smem = threads * per_thread;
   if constexpr (!std::is_same<Acc, double>::value) {
     if (gate == ForwardGate::kWarp) {
@@ -600,8 +699,13 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePa
 
 }  // namespace
 
-cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate, SinglePassShape shape) {
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate, SinglePassShape shape,
+                           RowSplit split) {
   if (p.B < 0 || p.T < 0 || p.V < 2 || p.V > kMaxV || p.k < 0) return cudaErrorInvalidValue;
+  if (split.pieces < 1 || split.pieces > kMaxPieces || (split.pieces > 1 && split.workspace == nullptr) ||
+      (split.pieces > 1 && p.grad != nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   if (shape.threads < 32 || shape.threads > 512 || (shape.threads & (shape.threads - 1)) != 0 ||
       shape.blocks_per_sm < 1 || shape.blocks_per_sm > 32) {
     return cudaErrorInvalidValue;
@@ -612,10 +716,10 @@ cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardG
   if (p.B * p.T == 0) return cudaSuccess;
   const int k = static_cast<int>(k_eff);
   switch (p.dtype) {
-    case DType::kFloat32: return launch<DType::kFloat32>(p, k, gate, shape, stream);
-    case DType::kFloat64: return launch<DType::kFloat64>(p, k, gate, shape, stream);
-    case DType::kFloat16: return launch<DType::kFloat16>(p, k, gate, shape, stream);
-    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, gate, shape, stream);
+    case DType::kFloat32: return launch<DType::kFloat32>(p, k, gate, shape, split, stream);
+    case DType::kFloat64: return launch<DType::kFloat64>(p, k, gate, shape, split, stream);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, k, gate, shape, split, stream);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, gate, shape, split, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -47,13 +47,78 @@ struct SinglePassShape {
   int blocks_per_sm = 1;
 };
 
+// Split rows. One block per row leaves SMs idle when there are few rows (a
+// short batch, evaluation): N = 64 rows fill 64 of an H100's 132 SMs, and a
+// block alone keeps too few bytes in flight to reach its share of HBM
+// bandwidth. With `pieces` > 1 each row is cut into that many pieces of
+// consecutive 16-byte packs, one block each. The backward needs nothing
+// more (a piece's gradient depends only on the row's statistics). The
+// forward's pieces write their (max, sum-exp) and sorted top-k lists to
+// `workspace` (forward_workspace_bytes, allocated by the caller), and a
+// second kernel merges them per row into the same outputs (the lse may
+// differ in the last bits, being summed in another order; the top-k and so
+// the sampled column are exact either way). The forward's pieces always
+// use the kRow strategy; the single pass takes pieces == 1.
+constexpr int kMaxPieces = 32;  // the merge has one warp lane per piece
+// A piece is at least one round of the row-threshold kernel for 16-bit
+// logits (256 threads x kUnroll packs x 8): shorter pieces would spend most
+// of their time on that round's merges.
+constexpr int64_t kMinPieceColumns = 8192;
+// Blocks per SM that row_pieces aims for: the row-threshold kernel is
+// compiled to fit that many (64 registers a thread).
+constexpr int kPieceBlocksPerSm = 4;
+
+struct RowSplit {
+  int pieces = 1;
+  void* workspace = nullptr;  // forward, pieces > 1
+};
+
+// The policy of `CRINGE_KERNELS_CUDA_SPLIT=auto`: one block per row while
+// the rows give every SM kPieceBlocksPerSm blocks; otherwise the fewest
+// pieces that do, each at least kMinPieceColumns long, at most kMaxPieces.
+inline int row_pieces(int64_t N, int64_t V, int sms) {
+  const int64_t want = static_cast<int64_t>(sms) * kPieceBlocksPerSm;
+  if (N <= 0 || N >= want) return 1;
+  int64_t pieces = (want + N - 1) / N;
+  if (pieces > V / kMinPieceColumns) pieces = V / kMinPieceColumns;
+  if (pieces > kMaxPieces) pieces = kMaxPieces;
+  return pieces > 1 ? static_cast<int>(pieces) : 1;
+}
+
+// Byte offsets of the forward's piece workspace for `items` = N * pieces
+// pieces of `acc_bytes` statistics (4: float, 8: double) and k_eff
+// candidates each: max [items], sum-exp [items], top-k keys [items, k_eff]
+// (sorted, padded with (-inf, INT_MAX)), their columns [items, k_eff] int32.
+struct PieceLayout {
+  int64_t m, s, keys, cols, total;
+};
+CRINGE_HD PieceLayout piece_layout(int acc_bytes, int64_t items, int64_t k_eff) {
+  PieceLayout l{};
+  l.m = 0;
+  l.s = l.m + items * acc_bytes;
+  l.keys = l.s + items * acc_bytes;
+  l.cols = l.keys + items * k_eff * acc_bytes;
+  l.total = l.cols + items * k_eff * static_cast<int64_t>(sizeof(int32_t));
+  return l;
+}
+
+inline int acc_bytes(DType dtype) { return dtype == DType::kFloat64 ? 8 : 4; }
+
+// Bytes of `workspace` a forward with these sizes and `pieces` needs (0 for
+// one piece). k is the caller's k; the kernels keep k_eff = min(k, V - 1).
+inline int64_t forward_workspace_bytes(DType dtype, int64_t N, int64_t V, int64_t k, int pieces) {
+  if (pieces <= 1 || N <= 0) return 0;
+  const int64_t k_eff = k < V - 1 ? k : V - 1;
+  return piece_layout(acc_bytes(dtype), N * pieces, k_eff > 0 ? k_eff : 0).total;
+}
+
 // With p.grad and p.lse_weight set, the forward also writes the gradient for
 // d loss / d lse = lse_weight (the single-pass form: one read and one write
 // of the logits in all; always the kRow strategy, `gate` is not used), and a
 // backward given the same lse_weight completes it.
 cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate = ForwardGate::kThread,
-                           SinglePassShape shape = SinglePassShape{});
-cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
+                           SinglePassShape shape = SinglePassShape{}, RowSplit split = RowSplit{});
+cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream, int pieces = 1);
 
 }  // namespace cuda
 }  // namespace cringe

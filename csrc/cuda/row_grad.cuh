@@ -5,6 +5,9 @@
 // loads and stores where the row's alignment allows. In place works
 // because every element is read before its own store and by the same thread.
 // Used by the backward kernel and by the forward that writes the gradient.
+// With pieces > 1 (launch.h, RowSplit) a block writes only piece `piece`:
+// its range of 16-byte packs, and for piece 0 also the unaligned head and
+// the tail.
 #pragma once
 
 #include "common.cuh"
@@ -21,7 +24,8 @@ struct RowGrad {
 
 template <DType D>
 __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, typename Types<D>::S* out, int V,
-                                               const RowGrad<typename Types<D>::Acc>& g) {
+                                               const RowGrad<typename Types<D>::Acc>& g, int piece = 0,
+                                               int pieces = 1) {
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
@@ -37,8 +41,13 @@ __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, t
 
   const int head = head_elements(in, V);
   const bool out_aligned = (reinterpret_cast<uintptr_t>(out + head) & 15) == 0;
-  for (int j = threadIdx.x; j < head; j += blockDim.x) out[j] = grad_of(j, in[j]);
   const int packs = (V - head) / kN;
+  if (piece == 0) {
+    for (int j = threadIdx.x; j < head; j += blockDim.x) out[j] = grad_of(j, in[j]);
+    for (int j = head + packs * kN + threadIdx.x; j < V; j += blockDim.x) out[j] = grad_of(j, in[j]);
+  }
+  int lo, hi;
+  piece_packs(packs, piece, pieces, lo, hi);
   const Pack<S>* body = reinterpret_cast<const Pack<S>*>(in + head);
   // Store one pack computed from pk (pack index q).
   auto emit = [&](int q, const Pack<S>& pk) {
@@ -53,16 +62,15 @@ __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, t
     }
   };
   const int T = blockDim.x;
-  int q = threadIdx.x;
-  for (; q + (kUnroll - 1) * T < packs; q += kUnroll * T) {  // kUnroll loads in flight
+  int q = lo + threadIdx.x;
+  for (; q + (kUnroll - 1) * T < hi; q += kUnroll * T) {  // kUnroll loads in flight
     Pack<S> pk[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) pk[u] = body[q + u * T];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) emit(q + u * T, pk[u]);
   }
-  for (; q < packs; q += T) emit(q, body[q]);
-  for (int j = head + packs * kN + threadIdx.x; j < V; j += blockDim.x) out[j] = grad_of(j, in[j]);
+  for (; q < hi; q += T) emit(q, body[q]);
 }
 
 }  // namespace cuda

@@ -162,6 +162,12 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return bits;
 }
 
+// A rendezvous of the lanes in `mask`, like the other warp operations.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  uint64_t all[32];
+  ::simt::warp_gather(0, mask, "__syncwarp", all);
+}
+
 inline float __expf(float x) { return std::exp(x); }
 inline int __float_as_int(float f) { return ::simt::from_bits<int>(::simt::to_bits(f)); }
 inline float __int_as_float(int i) { return ::simt::from_bits<float>(::simt::to_bits(i)); }
