@@ -4,9 +4,10 @@ Runs the ``cuda`` backend's forward and backward over the cases that touch
 the edges of the kernels' memory accesses: every dtype, rows misaligned for
 16-byte loads (odd V, ``logits[:, :-1]``), V smaller than one pack, k = 1,
 k = 64 (the largest shared-memory list) and k > 64 (the fallback), each
-top-k strategy, rows split across blocks, ignored rows, out-of-range
-targets with value checks off, -inf and NaN rows, and in-place backward.
-Exits non-zero on any Python-level error; the sanitizer
+top-k strategy, rows split across blocks, the single pass with and without
+its shared-memory row cache, ignored rows, out-of-range targets with value
+checks off, -inf and NaN rows, and in-place backward. Exits non-zero on any
+Python-level error; the sanitizer
 reports memory errors itself::
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitizer_case.py [--quick] [--large]
@@ -63,14 +64,17 @@ def main() -> int:
             os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = gate
             cases += edge_cases(backend, dev, quick=True)
         os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "thread"
-        # Rows split across blocks (the forward's piece workspace and merge).
-        split = os.environ.get("CRINGE_KERNELS_CUDA_SPLIT")
-        os.environ["CRINGE_KERNELS_CUDA_SPLIT"] = "3"
-        cases += edge_cases(backend, dev, quick=True)
-        if split is None:
-            del os.environ["CRINGE_KERNELS_CUDA_SPLIT"]
-        else:
-            os.environ["CRINGE_KERNELS_CUDA_SPLIT"] = split
+        # Rows split across blocks (the forward's piece workspace and merge),
+        # and the single pass keeping 1 KB of each row in shared memory (all
+        # of the short rows, part of the long ones).
+        for name, value in (("CRINGE_KERNELS_CUDA_SPLIT", "3"), ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,1,1")):
+            before = os.environ.get(name)
+            os.environ[name] = value
+            cases += edge_cases(backend, dev, quick=True)
+            if before is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = before
     if "--large" in sys.argv:
         cases += large_case(backend, dev)
     if dev == "cuda":

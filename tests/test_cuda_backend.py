@@ -51,6 +51,17 @@ def _module(kern):
     return cuda_sim.MODULE
 
 
+def check_forward(kern, x, target, u, k, **lse_tol) -> None:
+    """The forward's statistics against the reference's: the same sampled
+    columns and logits (NaN where the reference has NaN), lse within
+    ``lse_tol`` (assert_close's defaults when empty)."""
+    got = backends.resolve(kern.name, x).forward(x, target, u, k, -100)
+    want = reference.row_stats(x, target, u, k, -100)
+    torch.testing.assert_close(got.lse, want.lse, equal_nan=True, **lse_tol)
+    torch.testing.assert_close(got.sample_logit, want.sample_logit, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(got.sample_index, want.sample_index)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [2, 3, 33, 1000, 4099, 32000])
 @pytest.mark.parametrize("k", [1, 5, 17, 64])
@@ -121,11 +132,7 @@ def test_neg_inf_masks_and_ties(kern):
 @pytest.mark.parametrize("V", [9, 100, 5000, 128256])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nonfinite_rows_match_reference(kern, V, dtype):
-    x, target, u = nonfinite_rows(V, dtype, kern.dev)
-    got = backends.resolve(kern.name, x).forward(x, target, u, 3, -100)
-    want = reference.row_stats(x, target, u, 3, -100)
-    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
-    assert torch.equal(got.sample_index, want.sample_index)
+    check_forward(kern, *nonfinite_rows(V, dtype, kern.dev), 3)
 
 
 def test_nan_propagates_without_bad_index(kern):
@@ -237,11 +244,7 @@ def test_gates_match_reference(kern, gate, dtype, V, k, monkeypatch):
     y = random_target((2, 24), V, kern.dev)
     compare_binary(x, y, half_negative((2, 24), kern.dev), kern.name, k=k, ct_on_positives=True)
     compare_ties(kern.name, kern.dev, (1, 3, 17, 64))
-    x, target, u = nonfinite_rows(V, dtype, kern.dev)
-    got = backends.resolve(kern.name, x).forward(x, target, u, 3, -100)
-    want = reference.row_stats(x, target, u, 3, -100)
-    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
-    assert torch.equal(got.sample_index, want.sample_index)
+    check_forward(kern, *nonfinite_rows(V, dtype, kern.dev), 3)
 
 
 @pytest.mark.parametrize("gate", GATES)
@@ -254,12 +257,7 @@ def test_gates_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
     # overflows and its threshold rises every round; the lists see their
     # worst cases too.
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
-    x, target, u = adversarial_topk_rows(V, dtype, kern.dev)
-    got = backends.resolve(kern.name, x).forward(x, target, u, k, -100)
-    want = reference.row_stats(x, target, u, k, -100)
-    torch.testing.assert_close(got.lse, want.lse, rtol=2e-5, atol=2e-6)
-    torch.testing.assert_close(got.sample_logit, want.sample_logit, rtol=0, atol=0)
-    assert torch.equal(got.sample_index, want.sample_index)
+    check_forward(kern, *adversarial_topk_rows(V, dtype, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
 def test_bad_gate_name_is_a_clear_error(kern, monkeypatch):
@@ -336,10 +334,16 @@ def test_single_pass_opcheck(kern):
     torch.library.opcheck(backward_.default, (grad, x, y, s_idx, lse, w, w.clone(), g, g.clone(), -100))
 
 
-@pytest.mark.parametrize("shape", ["512,1", "256,3", "32,1", "128,32"])
+@pytest.mark.parametrize("shape", ["512,1", "256,3", "32,1", "128,32", "512,1,200", "32,1,1", "64,2,2", "128,1,1024",
+                                   "128,4,200", "512,32,8"])
 def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch):
     # CRINGE_KERNELS_CUDA_SINGLE_PASS: threads per block, blocks per SM of the
-    # persistent grid (more rows than blocks, fewer rows than blocks).
+    # persistent grid (more rows than blocks, fewer rows than blocks), and
+    # KB of each row kept in shared memory for the gradient sweep: the whole
+    # row (4 KB), part of it (1 KB, 2 KB: the sweep reads some packs from
+    # shared memory and the rest from the logits), more than a block may
+    # have, or than a fourth of an SM's with 4 blocks per SM (clamped); more
+    # blocks per SM than are resident at once (clamped).
     x = random_logits((3, 7, 1001), torch.float32, kern.dev, seed=3)
     y = random_target((3, 7), 1001, kern.dev)
     fb, u = half_negative((3, 7), kern.dev), torch.rand(3, 7, device=kern.dev)
@@ -354,7 +358,18 @@ def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch
     torch.testing.assert_close(out[1][1], out[0][1], rtol=2e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("value", ["100,1", "512,0", "1024,1", "512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("V,k", [(7, 6), (1001, 5), (70001, 5)])
+def test_single_pass_with_row_cache_equals_two_pass(kern, dtype, V, k, monkeypatch):
+    """With part of each row kept in shared memory (5 KB: the whole of short
+    rows, the first ~5% of V = 70001 in bfloat16), the completed gradient is
+    still the two-pass one bit for bit."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "256,2,5")
+    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, V, k,
+                                 kern.dev)
+
+
+@pytest.mark.parametrize("value", ["100,1", "512,0", "1024,1", "512", "512,1,-1", "512,1,2000", "512,1,2,3"])
 def test_bad_single_pass_shape_is_a_clear_error(kern, value, monkeypatch):
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
     x = random_logits((1, 2, 10), torch.float32, kern.dev).requires_grad_(True)
@@ -377,11 +392,7 @@ def test_split_rows_match_reference(kern, pieces, dtype, V, k, monkeypatch):
     full = random_logits((2, 4, V), dtype, kern.dev, seed=V + pieces)
     y = random_target((2, 3), V, kern.dev, seed=V)
     compare_binary(full[:, :-1], y, half_negative((2, 3), kern.dev), kern.name, k=k, ct_on_positives=True)
-    x, target, u = nonfinite_rows(V, dtype, kern.dev)
-    got = backends.resolve(kern.name, x).forward(x, target, u, 3, -100)
-    want = reference.row_stats(x, target, u, 3, -100)
-    torch.testing.assert_close(got.lse, want.lse, equal_nan=True)
-    assert torch.equal(got.sample_index, want.sample_index)
+    check_forward(kern, *nonfinite_rows(V, dtype, kern.dev), 3)
 
 
 @pytest.mark.parametrize("pieces", [2, 5])
@@ -391,12 +402,7 @@ def test_split_rows_on_adversarial_rows(kern, pieces, V, k, monkeypatch):
     # Ties that straddle the pieces' boundaries and candidates only at a
     # row's start or end: the merge must keep SPEC order across pieces.
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", str(pieces))
-    x, target, u = adversarial_topk_rows(V, torch.bfloat16, kern.dev)
-    got = backends.resolve(kern.name, x).forward(x, target, u, k, -100)
-    want = reference.row_stats(x, target, u, k, -100)
-    torch.testing.assert_close(got.lse, want.lse, rtol=2e-5, atol=2e-6)
-    torch.testing.assert_close(got.sample_logit, want.sample_logit, rtol=0, atol=0)
-    assert torch.equal(got.sample_index, want.sample_index)
+    check_forward(kern, *adversarial_topk_rows(V, torch.bfloat16, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
 def test_split_rows_edge_cases(kern, monkeypatch):
@@ -414,10 +420,7 @@ def test_split_rows_edge_cases(kern, monkeypatch):
         compare_binary(xk, random_target((2, 3), 50, kern.dev), half_negative((2, 3), kern.dev), kern.name, k=k,
                        ct_on_positives=True)
     yk = random_target((2, 3), 50, kern.dev).reshape(-1)
-    got = backends.resolve(kern.name, x).forward(x.detach(), yk, None, 0, -100)  # k = 0: no draw
-    want = reference.row_stats(x.detach(), yk, None, 0, -100)
-    torch.testing.assert_close(got.lse, want.lse)
-    assert torch.equal(got.sample_index, want.sample_index)
+    check_forward(kern, x.detach(), yk, None, 0)  # k = 0: no draw
     with ck.value_checks(False):
         s = backends.resolve(kern.name, x).forward(x.detach(), torch.tensor([0, 50, -7, 3, 10**12, 1], device=kern.dev),
                                                    torch.rand(6, device=kern.dev), 5, -100)

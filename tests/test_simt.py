@@ -135,7 +135,7 @@ def test_cuda_kernels_are_clean_under_asan():
     assert "ERROR: AddressSanitizer" not in res.stderr
 
 
-@pytest.mark.parametrize("gate", ["thread", "warp", "row", "single-pass", "split"])
+@pytest.mark.parametrize("gate", ["thread", "warp", "row", "single-pass", "single-pass-cache", "split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k", [5, 64])
 def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monkeypatch):
@@ -155,10 +155,12 @@ def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monke
     g = [torch.randn(12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate if gate in ("thread", "warp", "row") else "row")
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4" if gate == "split" else "1")
+    # A 2 KB row cache: a third of each 6 KB row swept from shared memory.
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "64,1,2" if gate == "single-pass-cache" else "512,1,0")
     results = []
     for schedule in ("forward", "reverse", "shuffle"):
         monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)
-        if gate == "single-pass":
+        if gate.startswith("single-pass"):
             stats, grad = be.forward_with_grad(x, y, u, k, -100, g[0])
             grad = be.backward_with_grad(grad, x, y, stats.sample_index, stats.lse, g[0], *g, -100)
         else:

@@ -64,22 +64,27 @@ def _forward_gate() -> int:
     return _GATES[name]
 
 
-def _single_pass_shape() -> Tuple[int, int]:
-    """Threads per block and blocks per SM of the single-pass forward (csrc/cuda/launch.h).
+def _single_pass_shape() -> Tuple[int, int, int]:
+    """Threads per block, blocks per SM and row-cache bytes of the single-pass forward (csrc/cuda/launch.h).
 
-    ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM"`` (default
-    ``512,1``; ``kernel_tune.py`` times a few): more rows in flight hide more
-    latency, as long as their second read still finds them in L2.
+    ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM[,CACHE_KB]"``
+    (default ``512,1,0``; ``kernel_tune.py`` times a few): more rows in
+    flight hide more latency, as long as their second read still finds them
+    on chip; ``CACHE_KB`` of each row's first bytes are kept in shared memory
+    for that read (clamped to what a block may have), the rest is read again
+    from L2.
     """
-    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "512,1")
+    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "512,1,0")
     try:
-        threads, blocks = (int(v) for v in raw.split(","))
+        values = [int(v) for v in raw.split(",")]
+        threads, blocks, cache_kb = values if len(values) == 3 else (*values, 0)
     except ValueError:
-        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'THREADS,BLOCKS_PER_SM'; got {raw!r}") from None
-    if threads not in (32, 64, 128, 256, 512) or not 1 <= blocks <= 32:
-        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS: THREADS must be a power of two in [32, 512] and "
-                         f"BLOCKS_PER_SM in [1, 32]; got {raw!r}")
-    return threads, blocks
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'THREADS,BLOCKS_PER_SM[,CACHE_KB]'; "
+                         f"got {raw!r}") from None
+    if threads not in (32, 64, 128, 256, 512) or not 1 <= blocks <= 32 or not 0 <= cache_kb <= 1024:
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS: THREADS must be a power of two in [32, 512], "
+                         f"BLOCKS_PER_SM in [1, 32] and CACHE_KB in [0, 1024]; got {raw!r}")
+    return threads, blocks, cache_kb * 1024
 
 
 def _row_pieces(module, N: int, V: int, device_index: int) -> int:
@@ -142,7 +147,7 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
             *(t.data_ptr() for t in out), device, stream_of(logits.device), _forward_gate(),
             _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
-            *(_single_pass_shape() if grad is not None else (512, 1)), pieces, _native.ptr(workspace),
+            *(_single_pass_shape() if grad is not None else (512, 1, 0)), pieces, _native.ptr(workspace),
         )
         if kernel_k != k:
             _sample_large_k(logits, target, uniform, k, ignore_index, out)

@@ -386,7 +386,9 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
 // the row's lse is known the block sweeps the row again, just read, so
 // mostly from L2 (the launcher runs one block per SM, so the rows in flight,
 // 132 x 256 KB for bf16 V = 128256 on an H100, fit in its 50 MB L2), and
-// writes lse_weight * exp(x - lse). 512 threads (16 KB of loads in flight
+// writes lse_weight * exp(x - lse). With `cache_packs` > 0 the first pass
+// also stores the row's first packs in dynamic shared memory, and the sweep
+// reads those from there (SinglePassShape::cache_bytes). 512 threads (16 KB of loads in flight
 // per thread round): the 64 registers a 1024-thread block allows spill on
 // sm_80; float64 (gradcheck, not speed) keeps 256. The plain row-threshold
 // kernel asks for 4 blocks per SM (<= 64 registers).
@@ -410,7 +412,8 @@ constexpr int row_threshold_min_blocks() {
 // workspace instead of the row's outputs.
 template <DType D, bool kWithGrad>
 __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, row_threshold_min_blocks<D, kWithGrad>())
-    forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split) {
+    forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split,
+                                 const int cache_packs) {
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
@@ -422,6 +425,8 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
   __shared__ Acc warp_m[32];
   __shared__ Acc warp_s[32];
   __shared__ Acc row_lse;  // kWithGrad: the row's lse for every thread
+  CRINGE_DYNAMIC_SHARED(cache_bytes);  // kWithGrad: the row's first cache_packs packs
+  Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_bytes);
 
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
@@ -521,6 +526,14 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
           pmax[u] = lse_add_pack(st, shift, x);
         }
       }
+      if constexpr (kWithGrad) {
+        // Each thread stores packs it will read itself in the sweep (same
+        // index modulo blockDim): no barrier needed between the two.
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (q0 + u * T < hi && q0 + u * T < cache_packs) cache[q0 + u * T] = pk[u];
+        }
+      }
       if (k_eff == 0) continue;
       // The columns of this round that may enter the top-k. The pack max
       // includes the target column, so the gate opens too often, never too
@@ -579,7 +592,8 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
     if constexpr (kWithGrad) {
       // Same formula and rounding as the backward kernel's dense term.
       const Acc w = static_cast<const Acc*>(p.lse_weight)[i];
-      write_row_grad<D>(row, grad_row(), V, RowGrad<Acc>{w, row_lse, Acc(0), Acc(0), -1, -1, false});
+      write_row_grad<D>(row, grad_row(), V, RowGrad<Acc>{w, row_lse, Acc(0), Acc(0), -1, -1, false}, 0, 1, cache,
+                        cache_packs);
     }
   }
 }
@@ -647,6 +661,51 @@ __global__ void __launch_bounds__(32) merge_pieces_kernel(const ForwardParams p,
   }
 }
 
+// The single pass: a persistent grid of at most shape.blocks_per_sm blocks
+// per SM, so that the rows in flight stay on chip until their sweep, each
+// block keeping up to shape.cache_bytes of its row in shared memory. The
+// cache is clamped to what a block may have and to its share of the SM's
+// shared memory, and the blocks per SM to what is resident at once (a block
+// that waited for another to finish all its rows would double the time).
+template <DType D>
+cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShape shape, int64_t packs,
+                               cudaStream_t stream) {
+  using S = typename Types<D>::S;
+  const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true>);
+  int device = 0, sms = 0, optin = 0, per_sm = 0, reserved = 0;
+  cudaFuncAttributes attrs{};
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&attrs, kernel);
+  if (err != cudaSuccess) return err;
+  const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
+
+  const int64_t fixed = static_cast<int64_t>(attrs.sharedSizeBytes);
+  int64_t room = optin - fixed;
+  const int64_t share = per_sm / shape.blocks_per_sm - fixed - reserved;
+  if (share < room) room = share;
+  int64_t cache_packs = (shape.cache_bytes < room ? shape.cache_bytes : room) / static_cast<int64_t>(sizeof(Pack<S>));
+  if (cache_packs > packs) cache_packs = packs;
+  if (cache_packs < 0) cache_packs = 0;
+  const size_t cache_bytes = static_cast<size_t>(cache_packs) * sizeof(Pack<S>);
+  if (cache_bytes > 48 * 1024) {  // above the default limit a kernel must opt in
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache_bytes));
+    if (err != cudaSuccess) return err;
+  }
+  int resident = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, cache_bytes);
+  if (err != cudaSuccess) return err;
+  const int64_t per_sm_blocks = shape.blocks_per_sm < resident ? shape.blocks_per_sm : (resident > 0 ? resident : 1);
+  const int64_t N = p.B * p.T;
+  const int64_t grid = static_cast<int64_t>(sms) * per_sm_blocks;
+  CRINGE_LAUNCH(static_cast<unsigned>(N < grid ? N : grid), threads, cache_bytes, stream,
+                forward_row_threshold_kernel<D, true>)(p, k_eff, RowSplit{}, static_cast<int>(cache_packs));
+  return cudaGetLastError();
+}
+
 template <DType D>
 cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePassShape shape, RowSplit split,
                    cudaStream_t stream) {
@@ -655,30 +714,18 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePa
   const int64_t N = p.B * p.T;
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
-  if (p.grad != nullptr) {
-    // A persistent grid of shape.blocks_per_sm blocks per SM: the rows in
-    // flight stay in L2 until their sweep.
-    int device = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess) return err;
-    const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
-    const int64_t resident = static_cast<int64_t>(sms) * shape.blocks_per_sm;
-    const unsigned blocks = static_cast<unsigned>(N < resident ? N : resident);
-    CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, true>)(p, k_eff, RowSplit{});
-    return cudaGetLastError();
-  }
+  if (p.grad != nullptr) return launch_single_pass<D>(p, k_eff, shape, packs, stream);
   if (split.pieces > 1) {
     const int64_t items = N * split.pieces;
     const unsigned piece_grid = static_cast<unsigned>(items < INT_MAX ? items : INT_MAX);
     CRINGE_LAUNCH(piece_grid, threads_for(kMaxThreads, packs / split.pieces), 0, stream,
-                  forward_row_threshold_kernel<D, false>)(p, k_eff, split);
+                  forward_row_threshold_kernel<D, false>)(p, k_eff, split, 0);
     CRINGE_LAUNCH(grid, 32, 0, stream, merge_pieces_kernel<D>)(p, k_eff, split);
     return cudaGetLastError();
   }
   if (gate == ForwardGate::kRow) {
     CRINGE_LAUNCH(grid, threads_for(kMaxThreads, packs), 0, stream, forward_row_threshold_kernel<D, false>)(
-        p, k_eff, split);
+        p, k_eff, split, 0);
     return cudaGetLastError();
   }
   const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
@@ -707,7 +754,7 @@ cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardG
     return cudaErrorInvalidValue;
   }
   if (shape.threads < 32 || shape.threads > 512 || (shape.threads & (shape.threads - 1)) != 0 ||
-      shape.blocks_per_sm < 1 || shape.blocks_per_sm > 32) {
+      shape.blocks_per_sm < 1 || shape.blocks_per_sm > 32 || shape.cache_bytes < 0) {
     return cudaErrorInvalidValue;
   }
   if ((p.grad == nullptr) != (p.lse_weight == nullptr)) return cudaErrorInvalidValue;

@@ -38,13 +38,20 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2 };
 
 // Launch shape of the single-pass forward: threads per block (a power of
-// two, 32 to 512; float64 uses at most 256) and blocks per SM (1 to 32; the
-// grid is persistent). More rows in flight hide more memory latency, but
-// their second read must still find them in L2. Not measured yet: the
-// default is the one that surely fits L2 at the goal point.
+// two, 32 to 512; float64 uses at most 256), blocks per SM (1 to 32, at
+// most as many as are resident at once; the grid is persistent) and the
+// bytes of shared memory per block that keep the first 16-byte packs of the
+// row for the gradient sweep (0: the sweep reads the whole row again, from
+// L2 while it is still there; clamped to what a block may have, to its
+// share of the SM and to the row). More rows in flight hide more
+// memory latency, but their second read must still find them on chip: the
+// shared-memory cache keeps part of each row off L2, so more rows fit.
+// Not measured yet: the default is the one that surely fits L2 at the
+// goal point.
 struct SinglePassShape {
   int threads = 512;
   int blocks_per_sm = 1;
+  int cache_bytes = 0;
 };
 
 // Split rows. One block per row leaves SMs idle when there are few rows (a

@@ -7,7 +7,9 @@
 // Used by the backward kernel and by the forward that writes the gradient.
 // With pieces > 1 (launch.h, RowSplit) a block writes only piece `piece`:
 // its range of 16-byte packs, and for piece 0 also the unaligned head and
-// the tail.
+// the tail. Packs below `cached_packs` are read from `cached` (shared
+// memory holding the row's first packs, stored by the thread that reads
+// them here: same index modulo blockDim) instead of `in`.
 #pragma once
 
 #include "common.cuh"
@@ -25,7 +27,8 @@ struct RowGrad {
 template <DType D>
 __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, typename Types<D>::S* out, int V,
                                                const RowGrad<typename Types<D>::Acc>& g, int piece = 0,
-                                               int pieces = 1) {
+                                               int pieces = 1, const Pack<typename Types<D>::S>* cached = nullptr,
+                                               int cached_packs = 0) {
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
@@ -49,6 +52,7 @@ __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, t
   int lo, hi;
   piece_packs(packs, piece, pieces, lo, hi);
   const Pack<S>* body = reinterpret_cast<const Pack<S>*>(in + head);
+  auto load = [&](int q) { return q < cached_packs ? cached[q] : body[q]; };
   // Store one pack computed from pk (pack index q).
   auto emit = [&](int q, const Pack<S>& pk) {
     Pack<S> o;
@@ -66,11 +70,11 @@ __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, t
   for (; q + (kUnroll - 1) * T < hi; q += kUnroll * T) {  // kUnroll loads in flight
     Pack<S> pk[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) pk[u] = body[q + u * T];
+    for (int u = 0; u < kUnroll; ++u) pk[u] = load(q + u * T);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) emit(q + u * T, pk[u]);
   }
-  for (; q < hi; q += T) emit(q, body[q]);
+  for (; q < hi; q += T) emit(q, load(q));
 }
 
 }  // namespace cuda

@@ -54,9 +54,11 @@ int sync_block(int pred = 0, bool reduce_or = false);
 // `op` and `mask`, then copies all lanes' `mine` into `all` (indexed by lane).
 void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32]);
 
-// Runs `body` as every thread of a grid, checking the configuration first;
-// the result is what cudaGetLastError() returns next.
-void launch(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body);
+// Runs `body` as every thread of a grid of `kernel`, checking the
+// configuration first (dynamic shared memory above 48 KiB needs the
+// kernel's cudaFuncSetAttribute opt-in); the result is what
+// cudaGetLastError() returns next.
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* kernel, const std::function<void()>& body);
 
 template <class... P>
 struct Launch {
@@ -67,7 +69,7 @@ struct Launch {
   template <class... A>
   void operator()(A&&... args) const {
     std::tuple<P...> bound(std::forward<A>(args)...);  // copied once, like kernel parameters
-    launch(grid, block, smem, [&] { std::apply(kernel, bound); });
+    launch(grid, block, smem, reinterpret_cast<const void*>(kernel), [&] { std::apply(kernel, bound); });
   }
 };
 

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -46,6 +47,17 @@ namespace {
 constexpr size_t kStackBytes = 64 * 1024;
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr size_t kMaxDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute opt-in
+constexpr int kMaxSharedOptin = 227 * 1024;       // an H100's, per block
+constexpr int kSharedPerSm = 228 * 1024;          // and per SM
+constexpr int kReservedSharedPerBlock = 1024;
+constexpr int kMaxThreadsPerSm = 2048;
+constexpr int kMaxBlocksPerSm = 32;
+
+// Each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize.
+std::map<const void*, size_t>& dynamic_smem_limits() {
+  static std::map<const void*, size_t> limits;
+  return limits;
+}
 constexpr unsigned kMaxGridX = 2147483647u;
 
 #if defined(__x86_64__)
@@ -324,13 +336,14 @@ void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32])
   std::copy(w.result, w.result + 32, all);
 }
 
-void launch(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body) {
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* kernel, const std::function<void()>& body) {
   if (block.x < 1 || block.x > kMaxThreadsPerBlock || block.y != 1 || block.z != 1 || grid.x < 1 ||
       grid.x > kMaxGridX || grid.y != 1 || grid.z != 1) {
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
-  if (dynamic_smem > kMaxDynamicShared) {
+  const auto optin = dynamic_smem_limits().find(kernel);
+  if (dynamic_smem > (optin != dynamic_smem_limits().end() ? optin->second : kMaxDynamicShared)) {
     g_last_error = cudaErrorInvalidValue;
     return;
   }
@@ -371,8 +384,40 @@ cudaError_t cudaGetDevice(int* device) {
 // A small device: a persistent grid of this many blocks still loops over rows.
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   if (device != 0) return cudaErrorInvalidDevice;
-  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
-  *value = 3;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = 3; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = simt::kMaxSharedOptin; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = simt::kSharedPerSm; return cudaSuccess;
+    case cudaDevAttrReservedSharedMemoryPerBlock: *value = simt::kReservedSharedPerBlock; return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Static shared memory is not known here (it is thread_local storage), so
+// sharedSizeBytes is 0: the kernels may ask for the whole opt-in limit.
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
+  if (func == nullptr) return cudaErrorInvalidValue;
+  *attr = cudaFuncAttributes{};
+  attr->maxThreadsPerBlock = simt::kMaxThreadsPerBlock;
+  attr->maxDynamicSharedSizeBytes = static_cast<int>(simt::kMaxDynamicShared);
+  return cudaSuccess;
+}
+
+// Blocks of `block_size` threads and `dynamic_smem` bytes that fit on an SM
+// by threads and shared memory (registers are not modelled).
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* num_blocks, const void* func, int block_size,
+                                                          size_t dynamic_smem) {
+  if (func == nullptr || block_size < 1 || block_size > simt::kMaxThreadsPerBlock) return cudaErrorInvalidValue;
+  int n = std::min(simt::kMaxBlocksPerSm, simt::kMaxThreadsPerSm / block_size);
+  n = std::min<int64_t>(n, simt::kSharedPerSm / (static_cast<int64_t>(dynamic_smem) + simt::kReservedSharedPerBlock));
+  *num_blocks = n;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (func == nullptr || attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value < 0 || value > simt::kMaxSharedOptin) return cudaErrorInvalidValue;
+  simt::dynamic_smem_limits()[func] = static_cast<size_t>(value);
   return cudaSuccess;
 }
 
