@@ -425,8 +425,8 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
   __shared__ Acc warp_m[32];
   __shared__ Acc warp_s[32];
   __shared__ Acc row_lse;  // kWithGrad: the row's lse for every thread
-  CRINGE_DYNAMIC_SHARED(cache_bytes);  // kWithGrad: the row's first cache_packs packs
-  Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_bytes);
+  CRINGE_DYNAMIC_SHARED(cache_raw);  // kWithGrad: the row's first cache_packs packs
+  Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_raw);
 
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
