@@ -238,8 +238,11 @@ GATES = ["thread", "warp", "row"]
 @pytest.mark.parametrize("V,k", [(33, 5), (4099, 17), (32000, 64), (128256, 5)])
 def test_gates_match_reference(kern, gate, dtype, V, k, monkeypatch):
     """The other top-k strategies (CRINGE_KERNELS_CUDA_FWD_GATE, csrc/cuda/launch.h)
-    only skip columns that cannot be candidates: the same samples and statistics."""
+    only skip columns that cannot be candidates: the same samples and statistics.
+    One block per row: with few rows the default would split them (and use
+    the row-threshold kernel whatever the gate)."""
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "1")
     x = random_logits((2, 24, V), dtype, kern.dev, seed=V + k)
     y = random_target((2, 24), V, kern.dev)
     compare_binary(x, y, half_negative((2, 24), kern.dev), kern.name, k=k, ct_on_positives=True)
@@ -255,8 +258,9 @@ def test_gates_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
     # Ties everywhere, ascending and descending rows, ties at the threshold,
     # candidates only at the end or the start: the row gate's buffer
     # overflows and its threshold rises every round; the lists see their
-    # worst cases too.
+    # worst cases too. One block per row, as above.
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "1")
     check_forward(kern, *adversarial_topk_rows(V, dtype, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
