@@ -311,7 +311,8 @@ def test_compiled_providers_run_last_and_only_at_the_standard_point(tmp_path):
     assert not [t for t in runner.plan(cfg.with_(compile_at="none"), provs) if t.provider.compiled]
 
 
-def test_tiny_sweep_end_to_end(tmp_path):
+def test_tiny_sweep_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "auto")  # a knob in effect is recorded with the results
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     start = time.perf_counter()
@@ -338,10 +339,12 @@ def test_tiny_sweep_end_to_end(tmp_path):
         doc = json.load(f)
     for key in ("device_name", "torch", "triton", "python", "git_commit", "date_utc", "cpu_model", "cpu_count"):
         assert key in doc["environment"]
+    assert doc["environment"]["settings"]["CRINGE_KERNELS_CUDA_SPLIT"] == "auto"
     assert doc["byte_model"] and doc["copy_bandwidth"]["gbps"] > 0
     assert len(doc["records"]) == len(rows) and doc["columns"] == list(output.COLUMNS)
     summary = (out / output.SUMMARY_NAME).read_text()
     assert "reference" in summary and "ce-eager" in summary and "median time" in summary
+    assert "settings: " in summary and "CRINGE_KERNELS_CUDA_SPLIT=auto" in summary
 
 
 def test_plots_are_written_when_matplotlib_exists(tmp_path):

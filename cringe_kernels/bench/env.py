@@ -69,7 +69,9 @@ def collect(device) -> Dict:
     -------
     dict
         Device name, driver, torch/triton/CUDA versions, Python, git commit,
-        date (UTC), CPU model, cores, torch threads, load average.
+        date (UTC), CPU model, cores, torch threads, load average, and the
+        ``CRINGE_KERNELS_*`` settings in effect (the kernels' tuning knobs:
+        a result is read with the configuration that produced it).
     """
     device = torch.device(device)
     info = {
@@ -109,6 +111,7 @@ def collect(device) -> Dict:
     except Exception:  # pragma: no cover
         info["cringe_kernels"] = None
     info.update({f"git_{k}": v for k, v in git_commit().items()})
+    info["settings"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("CRINGE_KERNELS_")}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["device_name"] = props.name

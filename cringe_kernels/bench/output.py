@@ -167,6 +167,8 @@ def summary(result) -> str:
     ]
     if result.copy_bandwidth:
         out.append(f"device copy bandwidth: {result.copy_bandwidth['gbps']:.1f} GB/s (read+write)")
+    settings = env.get("settings") or {}
+    out.append("settings: " + (" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults (no CRINGE_KERNELS_*)"))
     if not keys:
         return "\n".join(out + ["", "no measurements"])
     out += ["", "median time, ms (skip/ERR: see the CSV's reason column; -: not run)"]
