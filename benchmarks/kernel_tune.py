@@ -16,8 +16,8 @@ launch parameters can be chosen from measurements:
   two-pass one bit for bit;
 * few rows (``--small-n``): the CUDA forward and backward with one block
   per row against rows split into pieces (``CRINGE_KERNELS_CUDA_SPLIT``),
-  the ``auto`` policy's choice included, at each N; rows over the first N
-  logits rows, so the same bytes per row;
+  the ``auto`` policy's choice included, and the Triton forward and
+  backward, at each N (the first N rows of the logits);
 * a device-to-device copy of the logits (1 read + 1 write), the bandwidth
   ceiling every fraction is taken against.
 
@@ -157,16 +157,30 @@ def main() -> int:
             WITH_GRAD=True, BF16_BY_HAND=dev.type == "cpu" and dtype == torch.bfloat16, num_warps=bw)
     record("triton-fwd+grad", f"BLOCK={bb} warps={bw} SUB={bs}", bench(fwd_grad), 2 * N * V * es)
 
+    def triton_bwd(n, block, warps):
+        tk.row_stats_bwd_kernel[(n, triton.cdiv(V, block))](
+            x, out, target, sidx, lse, *grads, n, V, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            -100, lse, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False, num_warps=warps)
+
     for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
-        if True:
-            def bwd(block=block, warps=warps):
-                tk.row_stats_bwd_kernel[(N, triton.cdiv(V, block))](
-                    x, out, target, sidx, lse, *grads, N, V, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                    -100, lse, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False, num_warps=warps)
-            try:
-                record("triton-bwd", f"BLOCK={block} warps={warps}", bench(bwd), 2 * N * V * es)
-            except Exception as err:
-                print(f"triton-bwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
+        try:
+            record("triton-bwd", f"BLOCK={block} warps={warps}",
+                   bench(lambda block=block, warps=warps: triton_bwd(N, block, warps)), 2 * N * V * es)
+        except Exception as err:
+            print(f"triton-bwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
+
+    # Few rows, against the CUDA kernels' split rows below: the Triton forward
+    # at its best configuration is one program per row; its backward already
+    # spreads a row over V / BLOCK programs. Rows are the first n of x.
+    small_ns = [int(n) for n in args.small_n.split(",") if n and int(n) <= N]
+    for n in small_ns:
+        def small_fwd(n=n):
+            tk.row_stats_fwd_kernel[(n,)](
+                x, target, u, lse, tlog, slog, sidx, lse, x, n, V, x.stride(0), x.stride(1), 0, 0, -100,
+                ACC=acc_tl, K=k, KPAD=kpad, BLOCK=bb, SUB=bs, num_warps=bw)
+        record(f"triton-small-fwd N={n}", f"BLOCK={bb} warps={bw} SUB={bs}", bench(small_fwd), n * V * es)
+        record(f"triton-small-bwd N={n}", "BLOCK=4096 warps=8", bench(lambda n=n: triton_bwd(n, 4096, 8)),
+               2 * n * V * es)
 
     try:
         from cringe_kernels.backends import cuda_backend as cb
@@ -250,7 +264,7 @@ def main() -> int:
             print(f"cuda single pass failed: {type(err).__name__}: {err}")
         try:
             small_rows(cuda_module, stream, x, target, u, k, (lse, tlog, slog, sidx), out, grads, record, bench,
-                       [int(n) for n in args.small_n.split(",") if n and int(n) <= N])
+                       small_ns)
         except Exception as err:
             print(f"cuda split rows failed: {type(err).__name__}: {err}")
 
@@ -259,7 +273,7 @@ def main() -> int:
     print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}; "
           f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
     for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad",
-                 "cuda-bwd-sparse", *sorted({r["kind"] for r in rows if r["kind"].startswith("cuda-small")})):
+                 "cuda-bwd-sparse", *sorted({r["kind"] for r in rows if "-small-" in r["kind"]})):
         best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
         if best:
             print(f"best {kind:11s} {best['config']:24s} {best['ms']:.3f} ms, {best['gbps'] / copy_gbps:.2f} of copy")

@@ -402,7 +402,7 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     kinds = {r["kind"] for r in rows}
-    assert {"copy", "triton-fwd", "triton-fwd-k0", "triton-bwd"} <= kinds
+    assert {"copy", "triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-small-fwd N=1", "triton-small-bwd N=3"} <= kinds
     block, warps, sub = (int(v) for v in (tmp_path / "best.txt").read_text().split(","))
     assert block & (block - 1) == 0 and sub <= block and warps in (4, 8, 16)
     if cuda_sim.MODULE is not None:
