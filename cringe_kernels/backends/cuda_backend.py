@@ -155,12 +155,13 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
     def launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index,
                         lse_weight=None):
         B, T, V = logits.shape
+        device = logits.device.index or 0
         module.backward(
             _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
             target.data_ptr(), sample_index.data_ptr(), lse.data_ptr(), grad_lse.data_ptr(),
             grad_target.data_ptr(), grad_sample.data_ptr(), ignore_index, grad.data_ptr(), grad.stride(0),
-            grad.stride(1), logits.device.index or 0, stream_of(logits.device), _native.ptr(lse_weight),
-            _row_pieces(module, B * T, V, logits.device.index or 0),
+            grad.stride(1), device, stream_of(logits.device), _native.ptr(lse_weight),
+            _row_pieces(module, B * T, V, device),
         )
 
     return launch_forward, launch_backward

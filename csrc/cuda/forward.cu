@@ -672,24 +672,29 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
                                cudaStream_t stream) {
   using S = typename Types<D>::S;
   const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true>);
-  int device = 0, sms = 0, optin = 0, per_sm = 0, reserved = 0;
-  cudaFuncAttributes attrs{};
+  int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
-  if (err == cudaSuccess) err = cudaFuncGetAttributes(&attrs, kernel);
   if (err != cudaSuccess) return err;
   const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
 
-  const int64_t fixed = static_cast<int64_t>(attrs.sharedSizeBytes);
-  int64_t room = optin - fixed;
-  const int64_t share = per_sm / shape.blocks_per_sm - fixed - reserved;
-  if (share < room) room = share;
-  int64_t cache_packs = (shape.cache_bytes < room ? shape.cache_bytes : room) / static_cast<int64_t>(sizeof(Pack<S>));
-  if (cache_packs > packs) cache_packs = packs;
-  if (cache_packs < 0) cache_packs = 0;
+  int64_t cache_packs = 0;
+  if (shape.cache_bytes > 0) {
+    int optin = 0, per_sm = 0, reserved = 0;
+    cudaFuncAttributes attrs{};
+    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+    if (err == cudaSuccess) err = cudaFuncGetAttributes(&attrs, kernel);
+    if (err != cudaSuccess) return err;
+    const int64_t fixed = static_cast<int64_t>(attrs.sharedSizeBytes);
+    int64_t room = optin - fixed;
+    const int64_t share = per_sm / shape.blocks_per_sm - fixed - reserved;
+    if (share < room) room = share;
+    cache_packs = (shape.cache_bytes < room ? shape.cache_bytes : room) / static_cast<int64_t>(sizeof(Pack<S>));
+    if (cache_packs > packs) cache_packs = packs;
+    if (cache_packs < 0) cache_packs = 0;
+  }
   const size_t cache_bytes = static_cast<size_t>(cache_packs) * sizeof(Pack<S>);
   if (cache_bytes > 48 * 1024) {  // above the default limit a kernel must opt in
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache_bytes));
