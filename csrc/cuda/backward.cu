@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardParams
     const int64_t i = item / pieces;
     const int piece = static_cast<int>(item % pieces);
     const int64_t b = i / p.T, t = i % p.T;
-    const S* in = static_cast<const S*>(p.logits) + b * p.stride_b + t * p.stride_t;
+    const S* in = logits_row<S>(p, i);
     S* out = static_cast<S*>(p.grad) + b * p.grad_stride_b + t * p.grad_stride_t;
     const int64_t y = p.target[i];
     RowGrad<Acc> g{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, y == p.ignore_index};

@@ -98,6 +98,13 @@ __device__ __forceinline__ int head_elements(const S* row, int V) {
   return h < V ? h : V;
 }
 
+// Row i = b * T + t of the [B, T, V] logits (ForwardParams or
+// BackwardParams), its offset in int64.
+template <class S, class Params>
+__device__ __forceinline__ const S* logits_row(const Params& p, int64_t i) {
+  return static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+}
+
 // The 16-byte packs [lo, hi) of piece `piece` of `pieces` of a row of
 // `packs` packs (launch.h, RowSplit): consecutive, sizes differing by at
 // most one, and [0, packs) for one piece.

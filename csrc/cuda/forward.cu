@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
       if (threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);
       continue;
     }
-    const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+    const S* row = logits_row<S>(p, i);
     const int yc = static_cast<int>(y);
 
     LseState<Acc> st = LseState<Acc>::empty();
@@ -451,7 +451,6 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
     const int64_t i = item / pieces;
     const int piece = static_cast<int>(item % pieces);
     const int64_t y = p.target[i];
-    auto logits_row = [&] { return static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t; };
     auto grad_row = [&] { return static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t; };
     if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
       if (pieces == 1 && threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);  // else merge_pieces_kernel
@@ -459,12 +458,13 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
       // the backward (it writes every row it was not promised).
       if constexpr (kWithGrad) {
         if (y == p.ignore_index) {
-          write_row_grad<D>(logits_row(), grad_row(), V, RowGrad<Acc>{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, true});
+          write_row_grad<D>(logits_row<S>(p, i), grad_row(), V,
+                            RowGrad<Acc>{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, true});
         }
       }
       continue;
     }
-    const S* row = logits_row();
+    const S* row = logits_row<S>(p, i);
     const int yc = static_cast<int>(y);
     const FastExp ex;
     LseState<Acc> st = LseState<Acc>::empty();
@@ -633,7 +633,7 @@ __global__ void __launch_bounds__(32) merge_pieces_kernel(const ForwardParams p,
     const bool has_piece = lane < pieces;
     LseState<Acc> st = has_piece ? LseState<Acc>{piece_m[item], piece_s[item]} : LseState<Acc>::empty();
     warp_lse(st);
-    const S* row = static_cast<const S*>(p.logits) + (i / p.T) * p.stride_b + (i % p.T) * p.stride_t;
+    const S* row = logits_row<S>(p, i);
     if (k_eff > 0) {
       int head = 0;
       for (int r = 0; r < k_eff; ++r) {
