@@ -58,16 +58,16 @@ def main() -> int:
         backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
     dev = "cuda" if backend == "cuda" else "cpu"
     cases = edge_cases(backend, dev, quick="--quick" in sys.argv)
-    if backend in ("cuda", "cuda_sim") and os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread") == "thread":
-        # The other top-k strategies are other forward kernels: their edges too.
-        for gate in ("warp", "row"):
-            os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = gate
-            cases += edge_cases(backend, dev, quick=True)
-        os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "thread"
-        # Rows split across blocks (the forward's piece workspace and merge),
-        # and the single pass keeping 1 KB of each row in shared memory (all
-        # of the short rows, part of the long ones).
-        for name, value in (("CRINGE_KERNELS_CUDA_SPLIT", "3"), ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,1,1")):
+    if backend in ("cuda", "cuda_sim"):
+        # The other top-k strategies are other forward kernels: their edges
+        # too, whichever one the environment made the default. Then rows
+        # split across blocks (the forward's piece workspace and merge), and
+        # the single pass keeping 1 KB of each row in shared memory (all of
+        # the short rows, part of the long ones).
+        in_use = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
+        settings = [("CRINGE_KERNELS_CUDA_FWD_GATE", gate) for gate in ("thread", "warp", "row") if gate != in_use]
+        settings += [("CRINGE_KERNELS_CUDA_SPLIT", "3"), ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,1,1")]
+        for name, value in settings:
             before = os.environ.get(name)
             os.environ[name] = value
             cases += edge_cases(backend, dev, quick=True)

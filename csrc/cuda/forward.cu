@@ -321,6 +321,10 @@ __device__ void merge_candidates(RowTopK<Acc>& sh, int k_eff, int lane) {
     pk = bk;
     pc = bc;
   }
+  // Every lane has read list_sel, list_n and buf_count above; the shuffles
+  // in warp_argmax order execution, not shared memory, and with m == 0 there
+  // are none (compute-sanitizer's racecheck, H100: 210 hazards without this).
+  __syncwarp();
   if (lane == 0) {
     sh.list_sel = 1 - cur;
     sh.list_n = m;
