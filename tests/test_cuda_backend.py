@@ -478,7 +478,10 @@ def test_split_policy_and_workspace(kern):
     want = 4 * sms
     assert module.row_pieces(want, 128256, 0) == 1  # enough rows
     assert module.row_pieces(1, 128256, 0) == min(want, 128256 // 8192, module.max_pieces)
-    assert module.row_pieces(want - 1, 128256, 0) == 2
+    # The most pieces that fit one wave of `want` blocks, not the fewest that fill it.
+    assert module.row_pieces(want // 2, 128256, 0) == 2
+    assert module.row_pieces(want // 2 + 1, 128256, 0) == 1
+    assert module.row_pieces(want // 3, 128256, 0) == 3
     assert module.row_pieces(1, 16383, 0) == 1  # pieces of at least 8192 columns
     assert module.row_pieces(0, 128256, 0) == 1
     # [m, s] per piece, then k_eff keys and int32 columns per piece.
