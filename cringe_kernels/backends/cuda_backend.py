@@ -47,18 +47,20 @@ def _archs() -> Tuple[int, ...]:
 
 
 _GATES = {"thread": 0, "warp": 1, "row": 2}
+_DEFAULT_SINGLE_PASS = "256,3,64"
 
 
 def _forward_gate() -> int:
     """The forward's top-k strategy (csrc/cuda/launch.h, ForwardGate).
 
-    ``CRINGE_KERNELS_CUDA_FWD_GATE``: ``thread`` (per-thread lists, the
-    default), ``warp`` (the lists with a warp-shared gate) or ``row`` (one
-    row-wide threshold and a shared candidate buffer). All give the same
-    results; ``warp`` and ``row`` make fewer top-k insertions and await
-    their first GPU measurement (benchmarks/PERF_NOTES.md).
+    ``CRINGE_KERNELS_CUDA_FWD_GATE``: ``row`` (the default: one row-wide
+    threshold and a shared candidate buffer), ``thread`` (one list per
+    thread) or ``warp`` (those lists with a warp-shared gate). All give the
+    same results. Measured on an H100 at bf16, N=16384, V=128256, k=5
+    (benchmarks/results/cuda-h100-3, tune.csv): ``row`` 2.88 ms, ``warp``
+    5.32 ms, ``thread`` 5.69 ms.
     """
-    name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "thread")
+    name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
     if name not in _GATES:
         raise ValueError(f"CRINGE_KERNELS_CUDA_FWD_GATE must be one of {sorted(_GATES)}; got {name!r}")
     return _GATES[name]
@@ -68,13 +70,15 @@ def _single_pass_shape() -> Tuple[int, int, int]:
     """Threads per block, blocks per SM and row-cache bytes of the single-pass forward (csrc/cuda/launch.h).
 
     ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM[,CACHE_KB]"``
-    (default ``512,1,0``; ``kernel_tune.py`` times a few): more rows in
+    (default ``256,3,64``; ``kernel_tune.py`` times a few): more rows in
     flight hide more latency, as long as their second read still finds them
     on chip; ``CACHE_KB`` of each row's first bytes are kept in shared memory
     for that read (clamped to what a block may have), the rest is read again
-    from L2.
+    from L2. Measured on an H100 at bf16, N=16384, V=128256, k=5
+    (benchmarks/results/cuda-h100-3): forward + gradient 5.10 ms at
+    ``256,3,64``, 5.17 ms at ``256,3,0``, 7.45 ms at ``512,1,0``.
     """
-    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "512,1,0")
+    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", _DEFAULT_SINGLE_PASS)
     try:
         values = [int(v) for v in raw.split(",")]
         threads, blocks, cache_kb = values if len(values) == 3 else (*values, 0)
@@ -92,7 +96,8 @@ def _row_pieces(module, N: int, V: int, device_index: int) -> int:
 
     ``CRINGE_KERNELS_CUDA_SPLIT``: ``auto`` (the default: one block per row
     unless there are too few rows to give every SM four blocks, then the
-    fewest pieces of at least 8192 columns that do) or a number of pieces
+    most pieces of at least 8192 columns that still fit one wave of four
+    blocks per SM) or a number of pieces
     from 1 to ``max_pieces`` (32). The forward's pieces write their
     statistics to a workspace that a second kernel merges per row; the
     backward's pieces are independent.
