@@ -157,10 +157,13 @@ def main() -> int:
             WITH_GRAD=True, BF16_BY_HAND=dev.type == "cpu" and dtype == torch.bfloat16, num_warps=bw)
     record("triton-fwd+grad", f"BLOCK={bb} warps={bw} SUB={bs}", bench(fwd_grad), 2 * N * V * es)
 
-    def triton_bwd(n, block, warps):
+    def triton_bwd(n, block, warps, single_pass=False):
+        # single_pass: complete the gradient fwd_grad wrote (grads[0] is its guess: two columns a row).
+        dst = single_t if single_pass else out
         tk.row_stats_bwd_kernel[(n, triton.cdiv(V, block))](
-            x, out, target, sidx, lse, *grads, n, V, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-            -100, lse, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False, num_warps=warps)
+            x, dst, target, sidx, lse, *grads, n, V, x.stride(0), x.stride(1), dst.stride(0), dst.stride(1),
+            -100, grads[0] if single_pass else lse, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False,
+            SINGLE_PASS=single_pass, num_warps=warps)
 
     for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
         try:
@@ -168,6 +171,20 @@ def main() -> int:
                    bench(lambda block=block, warps=warps: triton_bwd(N, block, warps)), 2 * N * V * es)
         except Exception as err:
             print(f"triton-bwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
+
+    # The single pass's completion, checked against the two-pass gradient
+    # of the same statistics (fwd_grad left them in lse and sidx).
+    try:
+        fwd_grad()
+        triton_bwd(N, 8192, 8, single_pass=True)
+        triton_bwd(N, 8192, 8)
+        exact = torch.equal(single_t, out)
+        record("triton-bwd-sparse", "BLOCK=8192 warps=8 (2 columns a row)",
+               bench(lambda: triton_bwd(N, 8192, 8, single_pass=True)), 0)
+        rows[-1]["agrees"] = exact
+        print(f"triton single pass: completed gradient == two-pass gradient: {exact}")
+    except Exception as err:
+        print(f"triton-bwd-sparse: {type(err).__name__}: {str(err)[:200]}")
 
     # Few rows, against the CUDA kernels' split rows below: the Triton forward
     # at its best configuration is one program per row; its backward already
@@ -272,7 +289,7 @@ def main() -> int:
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter)"
     print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}; "
           f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
-    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad",
+    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "triton-bwd-sparse", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad",
                  "cuda-bwd-sparse", *sorted({r["kind"] for r in rows if "-small-" in r["kind"]})):
         best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
         if best:

@@ -45,8 +45,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # implementation of the primitive, which is exact but syncs with the host.
 MAX_KERNEL_K = 256
 
-# Backward block width (columns per program) on a GPU.
-_BWD_BLOCK = 4096
+# Backward block width (columns per program) on a GPU, with _num_warps(8192)
+# = 8 warps. H100, bf16, N=16384, V=128256 (benchmarks/results/cuda-h100-3,
+# tune.csv): 8192/8 2.93 ms, 2048/4 2.95 ms, 4096/8 (the first default)
+# 3.62 ms, 8192/16 3.65 ms.
+_BWD_BLOCK = 8192
 
 
 def _fwd_config(V: int, k: int) -> Tuple[int, int, int]:
@@ -60,8 +63,8 @@ def _fwd_config(V: int, k: int) -> Tuple[int, int, int]:
     read again from cache, which keeps the block-wide key arrays out of
     registers (ptxas, sm_90, bf16, k=5: 4096 columns / 8 warps use 128
     registers with SUB = BLOCK and 64 with SUB = 256), at the price of more,
-    smaller reductions in the blocks that hold candidates; not yet measured,
-    so the default keeps SUB = BLOCK.
+    smaller reductions in the blocks that hold candidates; measured faster
+    (below), so the default offers 512 columns at a time.
 
     ``CRINGE_KERNELS_TRITON_FWD="BLOCK,WARPS[,SUB]"`` overrides the choice
     (for tuning: ``benchmarks/kernel_tune.py`` times the candidates), and
@@ -73,13 +76,15 @@ def _fwd_config(V: int, k: int) -> Tuple[int, int, int]:
         block = min(values[0], triton.next_power_of_2(V))
         sub = min(values[2], block) if len(values) > 2 else block
         return block, values[1], sub
-    # Measured on an H100 at V=128256, k=5, bf16 (benchmarks/results/cuda-h100-2,
-    # tune.csv): 2048 columns with 4 warps 2.94 ms, 1024/4 3.10 ms, 4096/8
-    # 4.14 ms, 8192/any >= 6.2 ms. Small programs win: more rows in flight per
-    # SM, and each top-k insertion round reduces over one block.
+    # Measured on an H100 at V=128256, k=5, bf16 (benchmarks/results/cuda-h100-3,
+    # tune.csv): 2048 columns, 4 warps, offered in 512-column pieces 2.17 ms;
+    # the same with SUB = 256 2.23 ms, SUB = BLOCK 2.94 ms; 4096/4/512
+    # 2.71 ms; 1024/4 3.10 ms; 8 warps >= 3.5 ms. Small programs win (more
+    # rows in flight per SM), and small pieces keep the offer's key arrays
+    # in registers. k > 8 (more insertions) halves the block; not measured.
     cap = 2048 if k <= 8 else 1024
     block = min(cap, triton.next_power_of_2(V))
-    return block, 4, block
+    return block, 4, min(512, block)
 
 
 def _interpreting() -> bool:
