@@ -162,7 +162,8 @@ def main() -> int:
         dst = single_t if single_pass else out
         tk.row_stats_bwd_kernel[(n, triton.cdiv(V, block))](
             x, dst, target, sidx, lse, *grads, n, V, x.stride(0), x.stride(1), dst.stride(0), dst.stride(1),
-            -100, grads[0] if single_pass else lse, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=False,
+            -100, grads[0] if single_pass else lse, ACC=acc_tl, BLOCK=block,
+            BF16_BY_HAND=dev.type == "cpu" and dtype == torch.bfloat16,  # the interpreter, like fwd_grad
             SINGLE_PASS=single_pass, num_warps=warps)
 
     for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):

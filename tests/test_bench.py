@@ -402,14 +402,18 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     kinds = {r["kind"] for r in rows}
-    assert {"copy", "triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-small-fwd N=1", "triton-small-bwd N=3"} <= kinds
+    assert {"copy", "triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-bwd-sparse", "triton-small-fwd N=1",
+            "triton-small-bwd N=3"} <= kinds
+    # The Triton single pass's two-column completion gave the two-pass gradient bit for bit.
+    assert "triton single pass: completed gradient == two-pass gradient: True" in out.stdout, out.stdout[-3000:]
     block, warps, sub = (int(v) for v in (tmp_path / "best.txt").read_text().split(","))
     assert block & (block - 1) == 0 and sub <= block and warps in (4, 8, 16)
     if cuda_sim.MODULE is not None:
         assert {"cuda-fwd", "cuda-bwd", "cuda-fwd+grad", "cuda-bwd-sparse"} <= kinds, out.stdout[-3000:]
         # Every CUDA forward agreed with Triton's, and the single pass
         # completed to the two-pass gradient bit for bit.
-        assert out.stdout.count("completed gradient == two-pass gradient: True") == 2  # with and without cache
+        assert out.stdout.count("cuda single pass (cache=") == 2  # with and without cache
+        assert out.stdout.count("completed gradient == two-pass gradient: True") == 3  # and Triton's
         assert "two-pass gradient: False" not in out.stdout
         # Few rows: one block per row against pieces, which agree.
         assert {"cuda-small-fwd N=1", "cuda-small-bwd N=3"} <= kinds and "DISAGREES" not in out.stdout
