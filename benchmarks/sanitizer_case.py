@@ -65,7 +65,8 @@ def main() -> int:
         # the single pass keeping 1 KB of each row in shared memory (all of
         # the short rows, part of the long ones).
         in_use = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
-        settings = [("CRINGE_KERNELS_CUDA_FWD_GATE", gate) for gate in ("thread", "warp", "row") if gate != in_use]
+        settings = [("CRINGE_KERNELS_CUDA_FWD_GATE", gate) for gate in ("thread", "warp", "row", "row-async")
+                    if gate != in_use]
         settings += [("CRINGE_KERNELS_CUDA_SPLIT", "3"), ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,1,1")]
         for name, value in settings:
             before = os.environ.get(name)

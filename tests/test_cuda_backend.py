@@ -230,10 +230,10 @@ def test_more_than_2_31_logits():
     torch.testing.assert_close(grad[0, rows].float(), want.to(torch.bfloat16).float(), rtol=1.6e-2, atol=1e-6)
 
 
-GATES = ["thread", "warp", "row"]
+GATES = ["thread", "warp", "row", "row-async"]
 
 
-@pytest.mark.parametrize("gate", ["thread", "warp"])
+@pytest.mark.parametrize("gate", ["thread", "warp", "row-async"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("V,k", [(33, 5), (4099, 17), (32000, 64), (128256, 5)])
 def test_gates_match_reference(kern, gate, dtype, V, k, monkeypatch):

@@ -27,9 +27,10 @@ if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
 # Kernel instantiations per architecture: the backward per dtype (float32,
 # float64, float16, bfloat16); the forward per dtype with the per-thread
 # top-k gate, and once more with the warp-shared gate for all but float64
-# (which walks column by column); the row-threshold forward per dtype, with
-# and without the single-pass gradient; the merge of split rows per dtype.
-KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 8, "merge_pieces_kernel": 4, "backward_kernel": 4}
+# (which walks column by column); the row-threshold forward per dtype, plain,
+# with cp.async rounds (row-async) and with the single-pass gradient; the
+# merge of split rows per dtype.
+KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 12, "merge_pieces_kernel": 4, "backward_kernel": 4}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_call_without_gpu_raises_cuda_error(module):
 def test_forward_gate_argument_is_checked(module, monkeypatch):
     """An unknown top-k gate is refused before anything is launched, by name."""
     with pytest.raises(ValueError, match="gate"):
-        module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0, 3)
+        module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0, 4)
     from cringe_kernels.backends import cuda_backend
 
     # gpu_check.sh exports the tune's fastest gate: the default needs the variable unset.
@@ -113,6 +114,8 @@ def test_forward_gate_argument_is_checked(module, monkeypatch):
     assert cuda_backend._forward_gate() == 0
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "warp")
     assert cuda_backend._forward_gate() == 1
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row-async")
+    assert cuda_backend._forward_gate() == 3
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
     with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
         cuda_backend._forward_gate()

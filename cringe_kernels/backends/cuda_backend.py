@@ -46,7 +46,7 @@ def _archs() -> Tuple[int, ...]:
     return tuple(int(a.replace("sm_", "").rstrip("a")) for a in _C_cuda.archs.split(",") if a.startswith("sm_"))
 
 
-_GATES = {"thread": 0, "warp": 1, "row": 2}
+_GATES = {"thread": 0, "warp": 1, "row": 2, "row-async": 3}
 _DEFAULT_SINGLE_PASS = "256,3,64"
 
 
@@ -54,9 +54,11 @@ def _forward_gate() -> int:
     """The forward's top-k strategy (csrc/cuda/launch.h, ForwardGate).
 
     ``CRINGE_KERNELS_CUDA_FWD_GATE``: ``row`` (the default: one row-wide
-    threshold and a shared candidate buffer), ``thread`` (one list per
-    thread) or ``warp`` (those lists with a warp-shared gate). All give the
-    same results. Measured on an H100 at bf16, N=16384, V=128256, k=5
+    threshold and a shared candidate buffer), ``row-async`` (the same, with
+    each round's loads copied to shared memory by ``cp.async`` while the
+    previous round computes, so its barriers do not drain them; not
+    measured yet), ``thread`` (one list per thread) or ``warp`` (those lists
+    with a warp-shared gate). All give the same results. Measured on an H100 at bf16, N=16384, V=128256, k=5
     (benchmarks/results/cuda-h100-3, tune.csv): ``row`` 2.88 ms, ``warp``
     5.32 ms, ``thread`` 5.69 ms.
     """

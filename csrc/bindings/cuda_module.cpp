@@ -53,7 +53,9 @@ PYBIND11_MODULE(_C_cuda, m) {
         cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                  ignore_index, lse, target_logit, sample_logit, sample_index);
         cringe::bindings::set_single_pass(p, lse_weight, grad, grad_stride_b, grad_stride_t);
-        if (gate < 0 || gate > 2) throw std::invalid_argument("gate must be 0 (thread), 1 (warp) or 2 (row)");
+        if (gate < 0 || gate > 3) {
+          throw std::invalid_argument("gate must be 0 (thread), 1 (warp), 2 (row) or 3 (row-async)");
+        }
         check(cudaSetDevice(device), "cudaSetDevice");
         cringe::cuda::SinglePassShape shape;
         shape.threads = grad_threads;
@@ -74,7 +76,8 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("grad_blocks_per_sm") = 1, py::arg("grad_cache_bytes") = 0, py::arg("pieces") = 1, py::arg("workspace") = 0,
       py::call_guard<py::gil_scoped_release>(),
       "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
-      "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold (see csrc/cuda/launch.h). With "
+      "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold, 3 row threshold with cp.async "
+      "rounds (see csrc/cuda/launch.h). With "
       "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight, launched with "
       "`grad_threads` per block and `grad_blocks_per_sm`, keeping up to `grad_cache_bytes` of each row in shared "
       "memory for the gradient sweep. `pieces` > 1: each row in that many blocks, their "

@@ -170,6 +170,43 @@ __device__ __forceinline__ int active_lanes_max(int v) {
 #endif
 }
 
+// Asynchronous 16-byte copies from global to shared memory (cp.async,
+// sm_80+): the thread goes on while the data lands; cp_async_commit() closes
+// the thread's current group of copies and cp_async_wait<n>() returns once
+// at most n of its committed groups are still in flight, their data then
+// visible to this thread (only: another thread's reads need a barrier too).
+// The tests' simulator lands each group only at that wait (simt_host.h), so
+// a read that comes too early sees the wrong bytes there.
+template <class T>
+__device__ __forceinline__ void cp_async16(T* smem, const T* gmem) {
+  static_assert(sizeof(T) == 16, "cp.async copies 16 bytes here");
+#if defined(CRINGE_SIMT_HOST)
+  ::simt::cp_async(smem, gmem, sizeof(T));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+#else
+  *smem = *gmem;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(CRINGE_SIMT_HOST)
+  ::simt::cp_async_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int kInFlight>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(CRINGE_SIMT_HOST)
+  ::simt::cp_async_wait(kInFlight);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kInFlight) : "memory");
+#endif
+}
+
 template <class T>
 __device__ __forceinline__ T shfl_xor(T v, int mask) {
   return __shfl_xor_sync(0xffffffffu, v, mask);

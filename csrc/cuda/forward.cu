@@ -414,10 +414,11 @@ constexpr int row_threshold_min_blocks() {
 // columns; it writes the piece's (max, sum-exp) and its sorted top-k list
 // (the best k_eff of its columns, padded with (-inf, INT_MAX)) to the
 // workspace instead of the row's outputs.
-template <DType D, bool kWithGrad>
+template <DType D, bool kWithGrad, bool kStaged = false>
 __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, row_threshold_min_blocks<D, kWithGrad>())
     forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split,
                                  const int cache_packs) {
+  static_assert(!(kWithGrad && kStaged), "the single pass keeps its dynamic shared memory for the row cache");
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
@@ -429,8 +430,11 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
   __shared__ Acc warp_m[32];
   __shared__ Acc warp_s[32];
   __shared__ Acc row_lse;  // kWithGrad: the row's lse for every thread
-  CRINGE_DYNAMIC_SHARED(cache_raw);  // kWithGrad: the row's first cache_packs packs
-  Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_raw);
+  // Dynamic shared memory: kStaged, two rounds of packs (the one being read
+  // and the next, in flight); kWithGrad, the row's first cache_packs packs.
+  CRINGE_DYNAMIC_SHARED(dynamic_raw);
+  Pack<S>* const stage = reinterpret_cast<Pack<S>*>(dynamic_raw);
+  Pack<S>* const cache = stage;
 
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
@@ -503,13 +507,44 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
     int lo, hi;
     piece_packs(packs, piece, pieces, lo, hi);
     const int rounds = (hi - lo + kUnroll * T - 1) / (kUnroll * T);
-    for (int r = 0; r < rounds; ++r) {
-      const int q0 = lo + r * kUnroll * T + threadIdx.x;
-      Pack<S> pk[kUnroll];
+    // kStaged: round r's packs are copied (cp.async) into stage half r % 2
+    // while round r - 1 computes, offers and meets its barriers, so the
+    // barriers no longer drain the loads in flight. Each thread copies and
+    // later reads only its own slots, so its own wait suffices; a half is
+    // rewritten only in the round after next, so the round reads its packs
+    // from there where it uses them instead of holding them in registers
+    // (which spilled under the 64-register cap of 4 blocks per SM).
+    auto start_round = [&](int r) {
+      const int q = lo + r * kUnroll * T + threadIdx.x;
+      Pack<S>* half = stage + (r & 1) * kUnroll * T + threadIdx.x;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        if (q0 + u * T < hi) pk[u] = body[q0 + u * T];
+        if (q + u * T < hi) cp_async16(half + u * T, body + q + u * T);
       }
+      cp_async_commit();
+    };
+    if (kStaged && rounds > 0) start_round(0);
+    for (int r = 0; r < rounds; ++r) {
+      const int q0 = lo + r * kUnroll * T + threadIdx.x;
+      Pack<S> pk[kStaged ? 1 : kUnroll];
+      const Pack<S>* half = stage + (r & 1) * kUnroll * T + threadIdx.x;
+      if constexpr (kStaged) {
+        // The next round's copies go out first; an empty group in the last
+        // round keeps "all but the newest group landed" meaning round r.
+        if (r + 1 < rounds) {
+          start_round(r + 1);
+        } else {
+          cp_async_commit();
+        }
+        cp_async_wait<1>();
+      } else {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (q0 + u * T < hi) pk[u] = body[q0 + u * T];
+        }
+      }
+      // Column e of pack u of this round.
+      auto elem = [&](int u, int e) -> S { return kStaged ? half[u * T].v[e] : pk[kStaged ? 0 : u].v[e]; };
       Acc pmax[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -517,7 +552,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
         if (q0 + u * T >= hi) continue;
         Acc x[kN];
 #pragma unroll
-        for (int e = 0; e < kN; ++e) x[e] = Ty::load(pk[u].v[e]);
+        for (int e = 0; e < kN; ++e) x[e] = Ty::load(elem(u, e));
         if constexpr (!std::is_same<Acc, float>::value) {
           Acc pm = x[0];
 #pragma unroll
@@ -535,7 +570,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
         // index modulo blockDim): no barrier needed between the two.
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          if (q0 + u * T < hi && q0 + u * T < cache_packs) cache[q0 + u * T] = pk[u];
+          if (q0 + u * T < hi && q0 + u * T < cache_packs) cache[q0 + u * T] = pk[kStaged ? 0 : u];
         }
       }
       if (k_eff == 0) continue;
@@ -551,12 +586,12 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
 #pragma unroll
           for (int e = 0; e < kN; ++e) {
             const int col = head + (q0 + u * T) * kN + e;
-            if (col != yc && topk_key(Ty::load(pk[u].v[e])) >= thr) pending |= 1u << (u * kN + e);
+            if (col != yc && topk_key(Ty::load(elem(u, e))) >= thr) pending |= 1u << (u * kN + e);
           }
         }
       }
       offer_round<kRoundBits>(sh, pending, k_eff, lane, [&](int b, Acc& key, int& col) {
-        key = topk_key(Ty::load(pk[b / kN].v[b % kN]));
+        key = topk_key(Ty::load(elem(b / kN, b % kN)));
         col = head + (q0 + (b / kN) * T) * kN + b % kN;
       });
     }
@@ -724,17 +759,26 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePa
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
   if (p.grad != nullptr) return launch_single_pass<D>(p, k_eff, shape, packs, stream);
+  // Split rows run the row-threshold kernel whatever the gate (staged for
+  // kRowAsync); the stages take 2 x kUnroll packs per thread, 32 KB at 256
+  // threads, under the 48 KB a block has without opting in.
+  auto row_threshold = [&](unsigned blocks, int threads) {
+    if (gate == ForwardGate::kRowAsync) {
+      CRINGE_LAUNCH(blocks, threads, size_t(2) * kUnroll * threads * sizeof(Pack<S>), stream,
+                    forward_row_threshold_kernel<D, false, true>)(p, k_eff, split, 0);
+    } else {
+      CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, false>)(p, k_eff, split, 0);
+    }
+  };
   if (split.pieces > 1) {
     const int64_t items = N * split.pieces;
-    const unsigned piece_grid = static_cast<unsigned>(items < INT_MAX ? items : INT_MAX);
-    CRINGE_LAUNCH(piece_grid, threads_for(kMaxThreads, packs / split.pieces), 0, stream,
-                  forward_row_threshold_kernel<D, false>)(p, k_eff, split, 0);
+    row_threshold(static_cast<unsigned>(items < INT_MAX ? items : INT_MAX),
+                  threads_for(kMaxThreads, packs / split.pieces));
     CRINGE_LAUNCH(grid, 32, 0, stream, merge_pieces_kernel<D>)(p, k_eff, split);
     return cudaGetLastError();
   }
-  if (gate == ForwardGate::kRow) {
-    CRINGE_LAUNCH(grid, threads_for(kMaxThreads, packs), 0, stream, forward_row_threshold_kernel<D, false>)(
-        p, k_eff, split, 0);
+  if (gate == ForwardGate::kRow || gate == ForwardGate::kRowAsync) {
+    row_threshold(grid, threads_for(kMaxThreads, packs));
     return cudaGetLastError();
   }
   const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));

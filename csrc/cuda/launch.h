@@ -33,9 +33,13 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 //   merges once per round of kUnroll packs per thread. About k(1 + ln
 //   rounds) candidates per row instead of ~threads * k * ln(V / (threads *
 //   k)) (csrc/cuda/forward.cu).
-// kThread is the default until a GPU measures the others
-// (benchmarks/PERF_NOTES.md).
-enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2 };
+// kRowAsync: kRow, with each round's packs copied into shared memory by
+//   cp.async while the previous round computes, so the round's barriers do
+//   not drain the loads in flight (2 x 16 KB of shared memory per block).
+// The Python side defaults to kRow, the fastest measured (H100, bf16,
+// V=128256: kRow 2.88 ms, kWarp 5.32, kThread 5.69; kRowAsync not measured
+// yet, benchmarks/PERF_NOTES.md).
+enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2, kRowAsync = 3 };
 
 // Launch shape of the single-pass forward: threads per block (a power of
 // two, 32 to 512; float64 uses at most 256), blocks per SM (1 to 32, at

@@ -30,14 +30,25 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 namespace simt {
 
 struct ThreadContext {
   dim3 thread_idx, block_idx, block_dim, grid_dim;
+  // cp.async: this thread's copies of the open group, and its committed
+  // groups (oldest first) that have not landed yet.
+  struct AsyncCopy {
+    void* dst;
+    const void* src;
+    size_t bytes;
+  };
+  mutable std::vector<AsyncCopy> async_open;
+  mutable std::deque<std::vector<AsyncCopy>> async_committed;
 };
 
 // The simulated thread running now (set by the scheduler).
@@ -76,6 +87,24 @@ struct Launch {
 template <class... P>
 Launch<P...> configure(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...)) {
   return {grid, block, smem, kernel};
+}
+
+// cp.async (csrc/cuda/common.cuh): a copy is queued in the thread's open
+// group and lands only when a wait leaves fewer groups in flight than are
+// committed, so data read before its wait is whatever the shared memory
+// held (NaN bytes at the block's start). The source is read then too, like
+// the hardware, which may read it any time before the wait returns.
+inline void cp_async(void* dst, const void* src, size_t bytes) { current->async_open.push_back({dst, src, bytes}); }
+inline void cp_async_commit() {
+  current->async_committed.push_back(std::move(current->async_open));
+  current->async_open.clear();
+}
+inline void cp_async_wait(int in_flight) {
+  auto& groups = current->async_committed;
+  while (static_cast<int>(groups.size()) > in_flight) {
+    for (const auto& c : groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+    groups.pop_front();
+  }
 }
 
 template <class T>
