@@ -20,8 +20,9 @@
 #
 # OUT_DIR receives: gpu_check.log (everything printed), env.txt, build.log,
 # info.txt, tune.csv, bench/ (results.csv, results.json, summary.txt,
-# plot_*.png), pytest.log + pytest.xml, sanitizer.log and steps.txt (one line
-# per step). To publish a run: copy bench/*, tune.csv and gpu_check.log into
+# plot_*.png), ncu.txt, pytest.log + pytest.xml, sanitizer.log,
+# racecheck.txt and steps.txt (one line per step). To publish a run: copy
+# bench/*, tune.csv, ncu.txt and gpu_check.log into
 # benchmarks/results/cuda-<gpu>/ and commit them.
 #
 # Knobs (environment):
@@ -39,7 +40,8 @@
 #   GPU_CHECK_SANITIZER_QUICK=1  memcheck and racecheck on the quick cases
 #       only (sanitizer_case.py --quick: no N*V > 2^31 case), ~2.5 min
 #       instead of ~6.
-#   GPU_CHECK_SKIP        steps to leave out, e.g. "tune sanitizer".
+#   GPU_CHECK_SKIP        steps to leave out, e.g. "tune sanitizer profile".
+#   GPU_CHECK_PROFILE_S   limit of the ncu profile of the forwards (120 s).
 # After the tune, its fastest Triton forward configuration, (when all agree
 # with Triton) its fastest CUDA forward gate and (when the completed gradient
 # matched) its fastest CUDA single-pass launch shape are exported as
@@ -202,6 +204,22 @@ sanitizer() {
   } 2>&1 | tee "$OUT/sanitizer.log"
 }
 
+# Nsight Compute on one launch of each forward (benchmarks/profile_forward.py):
+# why they stop short of the copy bandwidth, not only how long they take.
+profile() {
+  local ncu
+  ncu="$(command -v ncu || true)"
+  [ -z "$ncu" ] && ncu="$(ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)"
+  if [ -z "$ncu" ]; then
+    echo "ncu not found" | tee "$OUT/ncu.txt"
+    return 1
+  fi
+  # --clock-control none: the card is measured as found (ncu would lock its clocks).
+  "$ncu" --clock-control none --kernel-name regex:"row_threshold|row_stats_fwd" --launch-skip 0 --launch-count 6 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis "$PY" benchmarks/profile_forward.py 2>&1 | tee "$OUT/ncu.txt"
+}
+
 # The default measures the issues' goal point (bf16, 16384 tokens, Llama 3's
 # 128256 vocabulary, forward + backward) for every provider; the preset
 # sweeps (--quick, the default, --full) need far more than one lease.
@@ -223,7 +241,7 @@ baseline() {
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
 export OUT PY
-export -f environment build info tune tests sanitizer bench baseline
+export -f environment build info tune tests sanitizer bench baseline profile
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
 step build "$BUILD_S" bash -o pipefail -c build
@@ -257,6 +275,7 @@ export BASELINE_S GOAL_POINT
 if [ "$BASELINE_S" -gt 0 ]; then
   step baseline $(( BASELINE_S + 60 )) bash -o pipefail -c baseline
 fi
+step profile "${GPU_CHECK_PROFILE_S:-120}" bash -o pipefail -c profile
 step tests "$TEST_S" bash -o pipefail -c tests
 step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
 echo
