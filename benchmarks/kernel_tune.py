@@ -247,10 +247,10 @@ def main() -> int:
             weight = grads[0]
             single = torch.empty_like(x)
 
-            def cfwd_grad(threads=512, blocks=1, cache_kb=0):
+            def cfwd_grad(threads=512, blocks=1, cache_kb=0, gate="row"):
                 cuda_module.forward(_native.DTYPE_CODES[dtype], x.data_ptr(), 1, N, V, x.stride(0), x.stride(1),
                                     target.data_ptr(), u.data_ptr(), k, -100, lse.data_ptr(), tlog.data_ptr(),
-                                    slog.data_ptr(), sidx.data_ptr(), 0, stream, 2, weight.data_ptr(),
+                                    slog.data_ptr(), sidx.data_ptr(), 0, stream, cb._GATES[gate], weight.data_ptr(),
                                     single.data_ptr(), single.stride(0), single.stride(1), threads, blocks,
                                     cache_kb * 1024)
 
@@ -260,22 +260,27 @@ def main() -> int:
             # Launch shapes (CRINGE_KERNELS_CUDA_SINGLE_PASS): rows in flight
             # against their second read staying on chip, from L2 alone or
             # with a shared-memory cache of each row's start (KB per block,
-            # about what an SM's 228 KB leaves per block); the cached shape
-            # and then the default 512,1,0 last, each checked bit for bit.
-            shapes = ((256, 2, 0), (256, 3, 0), (128, 4, 0), (256, 2, 100), (256, 3, 64), (128, 4, 48),
-                      (512, 1, 200), (512, 1, 0))
-            for threads, blocks, cache_kb in shapes:
-                record("cuda-fwd+grad", f"threads={threads} blocks/SM={blocks} cache={cache_kb}KB",
-                       bench(lambda t=threads, b=blocks, c=cache_kb: cfwd_grad(t, b, c)), 2 * N * V * es,
-                       (threads, blocks, cache_kb))
-                if (threads, blocks, cache_kb) not in ((512, 1, 200), (512, 1, 0)):
+            # about what an SM's 228 KB leaves per block), with the row gate
+            # and with row-async (cp.async rounds: more loads in flight for
+            # the same rows in flight, 2 x 16 KB per 256 threads of stages
+            # before the cache). The last three are checked bit for bit.
+            shapes = ((256, 2, 0, "row"), (256, 3, 0, "row"), (128, 4, 0, "row"), (256, 2, 100, "row"),
+                      (256, 3, 64, "row"), (128, 4, 48, "row"), (256, 2, 0, "row-async"), (256, 3, 0, "row-async"),
+                      (256, 2, 48, "row-async"), (512, 1, 0, "row-async"), (512, 2, 0, "row-async"),
+                      (512, 1, 100, "row-async"), (512, 1, 200, "row"), (512, 1, 0, "row"))
+            checked_shapes = shapes[-3:]
+            for threads, blocks, cache_kb, gate in shapes:
+                record("cuda-fwd+grad", f"threads={threads} blocks/SM={blocks} cache={cache_kb}KB gate={gate}",
+                       bench(lambda t=threads, b=blocks, c=cache_kb, g=gate: cfwd_grad(t, b, c, g)), 2 * N * V * es,
+                       (threads, blocks, cache_kb, gate))
+                if (threads, blocks, cache_kb, gate) not in checked_shapes:
                     continue
                 same = (sidx == fwd_ref).float().mean().item()
                 cbwd_sparse()
                 cbwd()  # the two-pass gradient into `out` for the same statistics
                 exact = torch.equal(single, out)
                 rows[-1]["agrees"] = same > 0.999 and exact
-                print(f"cuda single pass (cache={cache_kb}KB) vs triton: sample_index agreement {same:.6f}; "
+                print(f"cuda single pass (cache={cache_kb}KB, {gate}) vs triton: sample_index agreement {same:.6f}; "
                       f"completed gradient == two-pass gradient: {exact}")
             record("cuda-bwd-sparse", "after single pass (2 columns a row)", bench(cbwd_sparse), 0)
         except Exception as err:
@@ -306,14 +311,19 @@ def main() -> int:
         with open(args.best_fwd, "w") as f:
             f.write("%d,%d,%d\n" % best_fwd["params"])
     gates = [r for r in rows if r["kind"] == "cuda-fwd"]
-    shapes = [r for r in rows if r["kind"] == "cuda-fwd+grad"]
-    checked = [r for r in shapes if "agrees" in r]  # with and without the row cache
-    if args.best_cuda_single_pass and len(checked) == 2 and all(r["agrees"] for r in checked):
-        with open(args.best_cuda_single_pass, "w") as f:
-            f.write("%d,%d,%d\n" % min(shapes, key=lambda r: r["ms"])["params"])
-    if args.best_cuda_gate and gates and len(gates) == len(cb._GATES) and all(r.get("agrees") for r in gates):
+    gates_ok = bool(gates) and len(gates) == len(cb._GATES) and all(r.get("agrees") for r in gates)
+    best_gate = min(gates, key=lambda r: r["ms"])["config"].split("=")[1] if gates_ok else "row"
+    if args.best_cuda_gate and gates_ok:
         with open(args.best_cuda_gate, "w") as f:
-            f.write(min(gates, key=lambda r: r["ms"])["config"].split("=")[1] + "\n")
+            f.write(best_gate + "\n")
+    # The single pass follows the forward's gate (CRINGE_KERNELS_CUDA_FWD_GATE):
+    # staged with row-async, else the row kernel; the fastest shape of that.
+    shapes = [r for r in rows if r["kind"] == "cuda-fwd+grad"]
+    checked = [r for r in shapes if "agrees" in r]  # row with and without cache, row-async with cache
+    same_gate = [r for r in shapes if r["params"][3] == ("row-async" if best_gate == "row-async" else "row")]
+    if args.best_cuda_single_pass and len(checked) == 3 and all(r["agrees"] for r in checked) and same_gate:
+        with open(args.best_cuda_single_pass, "w") as f:
+            f.write("%d,%d,%d\n" % min(same_gate, key=lambda r: r["ms"])["params"][:3])
     return 0
 
 

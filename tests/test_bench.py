@@ -412,13 +412,14 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
         assert {"cuda-fwd", "cuda-bwd", "cuda-fwd+grad", "cuda-bwd-sparse"} <= kinds, out.stdout[-3000:]
         # Every CUDA forward agreed with Triton's, and the single pass
         # completed to the two-pass gradient bit for bit.
-        assert out.stdout.count("cuda single pass (cache=") == 2  # with and without cache
-        assert out.stdout.count("completed gradient == two-pass gradient: True") == 3  # and Triton's
+        # row with and without cache, row-async with cache, and Triton's
+        assert out.stdout.count("cuda single pass (cache=") == 3
+        assert out.stdout.count("completed gradient == two-pass gradient: True") == 4
         assert "two-pass gradient: False" not in out.stdout
         # Few rows: one block per row against pieces, which agree.
         assert {"cuda-small-fwd N=1", "cuda-small-bwd N=3"} <= kinds and "DISAGREES" not in out.stdout
         assert "cuda split rows failed" not in out.stdout
-        assert (tmp_path / "gate.txt").read_text().strip() in ("thread", "warp", "row")
+        assert (tmp_path / "gate.txt").read_text().strip() in ("thread", "warp", "row", "row-async")
         threads, blocks, cache_kb = (int(v) for v in (tmp_path / "shape.txt").read_text().split(","))
         assert threads in (128, 256, 512) and blocks in (1, 2, 3, 4) and cache_kb in (0, 48, 64, 100, 200)
 

@@ -363,14 +363,29 @@ def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch
     torch.testing.assert_close(out[1][1], out[0][1], rtol=2e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("gate", ["row", "row-async"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("V,k", [(7, 6), (1001, 5), (70001, 5)])
-def test_single_pass_with_row_cache_equals_two_pass(kern, dtype, V, k, monkeypatch):
+def test_single_pass_with_row_cache_equals_two_pass(kern, gate, dtype, V, k, monkeypatch):
     """With part of each row kept in shared memory (5 KB: the whole of short
     rows, the first ~5% of V = 70001 in bfloat16), the completed gradient is
-    still the two-pass one bit for bit."""
+    still the two-pass one bit for bit; with row-async the cache lies after
+    the two halves of the cp.async rounds."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "256,2,5")
     check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, V, k,
+                                 kern.dev)
+
+
+@pytest.mark.parametrize("shape", ["512,1,0", "512,1,200", "64,2,1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_single_pass_staged_equals_two_pass(kern, shape, dtype, monkeypatch):
+    """row-async single pass: 512 threads take 64 KB of cp.async stages (past
+    the 48 KB a block has without opting in), with no cache, with a cache
+    clamped to what is left, and a small block with a partial cache."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row-async")
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", shape)
+    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, 70001, 5,
                                  kern.dev)
 
 

@@ -135,7 +135,8 @@ def test_cuda_kernels_are_clean_under_asan():
     assert "ERROR: AddressSanitizer" not in res.stderr
 
 
-@pytest.mark.parametrize("gate", ["thread", "warp", "row", "row-async", "single-pass", "single-pass-cache", "split"])
+@pytest.mark.parametrize("gate", ["thread", "warp", "row", "row-async", "single-pass", "single-pass-cache",
+                                  "single-pass-async", "split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k", [5, 64])
 def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monkeypatch):
@@ -153,10 +154,12 @@ def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monke
     y = torch.cat([adversarial_topk_rows(3001, dtype)[1], random_target((1, 6), 3001, "cpu").reshape(-1)])
     u = torch.rand(12, generator=torch.Generator().manual_seed(k))
     g = [torch.randn(12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate if gate in ("thread", "warp", "row", "row-async") else "row")
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate if gate in ("thread", "warp", "row", "row-async")
+                       else "row-async" if gate == "single-pass-async" else "row")
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4" if gate == "split" else "1")
     # A 2 KB row cache: a third of each 6 KB row swept from shared memory.
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "64,1,2" if gate == "single-pass-cache" else "512,1,0")
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS",
+                       "64,1,2" if gate in ("single-pass-cache", "single-pass-async") else "512,1,0")
     results = []
     for schedule in ("forward", "reverse", "shuffle"):
         monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)

@@ -35,7 +35,9 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 //   k)) (csrc/cuda/forward.cu).
 // kRowAsync: kRow, with each round's packs copied into shared memory by
 //   cp.async while the previous round computes, so the round's barriers do
-//   not drain the loads in flight (2 x 16 KB of shared memory per block).
+//   not drain the loads in flight (2 x 16 KB of shared memory per 256
+//   threads). The single pass (ForwardParams::grad) runs the row kernel
+//   whatever the gate, staged under kRowAsync.
 // The Python side defaults to kRow, the fastest measured (H100, bf16,
 // V=128256: kRow 2.88 ms, kWarp 5.32, kThread 5.69; kRowAsync not measured
 // yet, benchmarks/PERF_NOTES.md).
