@@ -414,6 +414,9 @@ constexpr int row_threshold_min_blocks() {
 // columns; it writes the piece's (max, sum-exp) and its sorted top-k list
 // (the best k_eff of its columns, padded with (-inf, INT_MAX)) to the
 // workspace instead of the row's outputs.
+// kStaged: 16-byte packs of dynamic shared memory per thread, two rounds.
+constexpr int kStagePacks = 2 * kUnroll;
+
 template <DType D, bool kWithGrad, bool kStaged = false>
 __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, row_threshold_min_blocks<D, kWithGrad>())
     forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split,
@@ -434,7 +437,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
   // packs.
   CRINGE_DYNAMIC_SHARED(dynamic_raw);
   Pack<S>* const stage = reinterpret_cast<Pack<S>*>(dynamic_raw);
-  Pack<S>* const cache = stage + (kStaged ? 2 * kUnroll * blockDim.x : 0);
+  Pack<S>* const cache = stage + (kStaged ? kStagePacks * blockDim.x : 0);
 
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
@@ -722,7 +725,7 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
-  const int64_t stage_bytes = kStaged ? int64_t(2) * kUnroll * threads * static_cast<int64_t>(sizeof(Pack<S>)) : 0;
+  const int64_t stage_bytes = kStaged ? int64_t(kStagePacks) * threads * static_cast<int64_t>(sizeof(Pack<S>)) : 0;
 
   int64_t cache_packs = 0;
   if (shape.cache_bytes > 0) {
@@ -770,11 +773,11 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePa
                                           : launch_single_pass<D, false>(p, k_eff, shape, packs, stream);
   }
   // Split rows run the row-threshold kernel whatever the gate (staged for
-  // kRowAsync); the stages take 2 x kUnroll packs per thread, 32 KB at 256
+  // kRowAsync); the stages take kStagePacks packs per thread, 32 KB at 256
   // threads, under the 48 KB a block has without opting in.
   auto row_threshold = [&](unsigned blocks, int threads) {
     if (gate == ForwardGate::kRowAsync) {
-      CRINGE_LAUNCH(blocks, threads, size_t(2) * kUnroll * threads * sizeof(Pack<S>), stream,
+      CRINGE_LAUNCH(blocks, threads, size_t(kStagePacks) * threads * sizeof(Pack<S>), stream,
                     forward_row_threshold_kernel<D, false, true>)(p, k_eff, split, 0);
     } else {
       CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, false>)(p, k_eff, split, 0);
