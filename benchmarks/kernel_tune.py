@@ -295,8 +295,9 @@ def main() -> int:
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter)"
     print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}; "
           f"N={N} V={V} k={k} {args.dtype}; copy {copy_gbps:.0f} GB/s")
-    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "triton-bwd-sparse", "cuda-fwd", "cuda-bwd", "cuda-fwd+grad",
-                 "cuda-bwd-sparse", *sorted({r["kind"] for r in rows if "-small-" in r["kind"]})):
+    for kind in ("triton-fwd", "triton-fwd-k0", "triton-bwd", "triton-fwd+grad", "triton-bwd-sparse", "cuda-fwd",
+                 "cuda-bwd", "cuda-fwd+grad", "cuda-bwd-sparse",
+                 *sorted({r["kind"] for r in rows if "-small-" in r["kind"]})):
         best = min((r for r in rows if r["kind"] == kind), key=lambda r: r["ms"], default=None)
         if best:
             print(f"best {kind:11s} {best['config']:24s} {best['ms']:.3f} ms, {best['gbps'] / copy_gbps:.2f} of copy")

@@ -58,9 +58,9 @@ def _forward_gate() -> int:
     each round's loads copied to shared memory by ``cp.async`` while the
     previous round computes, so its barriers do not drain them; not
     measured yet), ``thread`` (one list per thread) or ``warp`` (those lists
-    with a warp-shared gate). All give the same results. Measured on an H100 at bf16, N=16384, V=128256, k=5
-    (benchmarks/results/cuda-h100-3, tune.csv): ``row`` 2.88 ms, ``warp``
-    5.32 ms, ``thread`` 5.69 ms.
+    with a warp-shared gate). All give the same results. Measured on an
+    H100 at bf16, N=16384, V=128256, k=5 (benchmarks/results/cuda-h100-3,
+    tune.csv): ``row`` 2.88 ms, ``warp`` 5.32 ms, ``thread`` 5.69 ms.
     """
     name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
     if name not in _GATES:
