@@ -11,7 +11,7 @@ CringeOutput, PairwiseCringeOutput
 available_backends, backend_info
     Which backends exist and can run here.
 set_value_checks, value_checks
-    Switch off the value checks (one host sync per call).
+    Switch off the value checks (one host wait per call, after the launch).
 
 Importing the package touches no GPU and compiles nothing.
 """

@@ -108,6 +108,12 @@ def _row_stats(
                               inplace_backward, lse_weight)
 
 
+def _binary_masks(target: torch.Tensor, feedback: torch.Tensor, ignore_index: int):
+    """``valid``, ``positive`` (``[N]`` bool) and the non-ignored row count of :func:`cringe_loss`."""
+    valid = target.reshape(-1) != ignore_index
+    return valid, feedback.reshape(-1).to(torch.bool), valid.sum()
+
+
 def _lse_weight(valid: torch.Tensor, positive: torch.Tensor, count: torch.Tensor, reduction: str,
                 num_items_in_batch, dtype: torch.dtype) -> torch.Tensor:
     """``d loss / d lse`` per row of :func:`cringe_loss` for an upstream gradient of 1.
@@ -237,17 +243,21 @@ def cringe_loss(
     validate.check_num_items(num_items_in_batch, logits.device)
     feedback = validate.check_feedback(feedback, target)
     uniform = _draws(uniform, target, "target", generator, logits.device)
-    validate.check_values([("target", target, V)], ignore_index, feedback=feedback, uniform=uniform)
+    pending = validate.start_value_checks([("target", target, V)], ignore_index, feedback=feedback, uniform=uniform)
     chosen_backend = backends.resolve(backend, logits)
+    if chosen_backend == backends.REFERENCE:
+        pending.wait()  # the reference indexes with the targets; the kernels are safe on any value
 
-    flat_target = target.reshape(-1)
-    valid = flat_target != ignore_index
-    positive = feedback.reshape(-1).to(torch.bool)
-    count = valid.sum()
+    # Only the single pass needs the row masks before the kernel; otherwise
+    # they are built while it runs, off the path to its launch.
+    single_pass = grad_in_forward and chosen_backend != backends.REFERENCE
     lse_weight = None
-    if grad_in_forward and chosen_backend != backends.REFERENCE:
+    if single_pass:
+        valid, positive, count = _binary_masks(target, feedback, ignore_index)
         lse_weight = _lse_weight(valid, positive, count, reduction, num_items_in_batch, stats_dtype(logits.dtype))
     stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
+    if not single_pass:
+        valid, positive, count = _binary_masks(target, feedback, ignore_index)
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
         sampled_logit = sampled_logit.detach()
@@ -261,6 +271,7 @@ def cringe_loss(
     ce = _reduce(ce_rows, count, reduction, num_items_in_batch, target.shape)
     cr = _reduce(cr_rows, count, reduction, num_items_in_batch, target.shape)
     loss = ce + alpha * cr
+    pending.wait()
     if not return_details:
         return loss
     sample_index = torch.where(sampled, stats.sample_index, -1).reshape(target.shape)
@@ -353,9 +364,11 @@ def pairwise_cringe_loss(
     validate.check_generator(generator, device)
     validate.check_num_items(num_items_in_batch, device)
     uniform = _draws(uniform, rejected_target, "rejected_target", generator, device)
-    validate.check_values([("chosen_target", chosen_target, V), ("rejected_target", rejected_target, V)],
-                          ignore_index, uniform=uniform)
+    pending = validate.start_value_checks(
+        [("chosen_target", chosen_target, V), ("rejected_target", rejected_target, V)], ignore_index, uniform=uniform)
     chosen_backend = backends.resolve(backend, chosen_logits)
+    if chosen_backend == backends.REFERENCE:
+        pending.wait()  # as in cringe_loss
 
     B = chosen_logits.shape[0]
     valid_w = (chosen_target != ignore_index).reshape(B, -1)
@@ -390,6 +403,7 @@ def pairwise_cringe_loss(
     ce = _reduce(ce_b, count, reduction, num_items_in_batch, (B,))
     cr = _reduce(cr_b, count, reduction, num_items_in_batch, (B,))
     loss = ce + alpha * cr
+    pending.wait()
     if not return_details:
         return loss
     sample_index = lose.sample_index.reshape(rejected_target.shape)

@@ -1,13 +1,16 @@
 """Every input check of SPEC.md section 4, in one place, for every backend.
 
-Checks run before any kernel. Shape, dtype, device and hyperparameter checks
-read only metadata. Checks of tensor *values* (targets in range, feedback in
-{0, 1}, uniforms in [0, 1)) are folded into one small reduction and one host
-synchronisation per call; they are skipped while ``torch.compile`` traces
-(a sync would break the graph) and can be switched off with
-:func:`set_value_checks` by callers who cannot afford the sync. Kernels stay
-memory-safe either way: an out-of-range target gives NaN, never an
-out-of-bounds access.
+Shape, dtype, device and hyperparameter checks read only metadata and run
+before any kernel. Checks of tensor *values* (targets in range, feedback in
+{0, 1}, uniforms in [0, 1)) are small reductions enqueued before the kernels
+(:func:`start_value_checks`); the losses wait for their outcome after the
+kernels are launched, so the one host wait per call never leaves the GPU
+idle, and raise before returning. They are skipped while ``torch.compile``
+traces (a wait would break the graph) and can be switched off with
+:func:`set_value_checks`. Kernels stay memory-safe either way: an
+out-of-range target gives NaN and any uniform a valid draw, never an
+out-of-bounds access; the reference backend, which indexes with the
+targets, waits before it computes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ _value_checks = os.environ.get("CRINGE_KERNELS_VALUE_CHECKS", "1") != "0"
 
 
 def set_value_checks(enabled: bool) -> bool:
-    """Turn the value checks (one host sync per loss call) on or off.
+    """Turn the value checks (one host wait per loss call) on or off.
 
     Parameters
     ----------
@@ -186,47 +189,109 @@ def check_num_items(num_items_in_batch, device: torch.device) -> None:
         raise ValueError(f"num_items_in_batch must be > 0, got {num_items_in_batch}")
 
 
+class PendingValueChecks:
+    """Value checks that have been enqueued on the inputs' device.
+
+    :meth:`wait` blocks the host until the checks' small reductions have run
+    and raises the first failure. On CUDA the flags come back through a
+    non-blocking copy into pinned memory and an event, so a caller that
+    launches its kernels before waiting never leaves the GPU idle for them:
+    the wait only holds the host back until the device reaches the checks,
+    while the work queued after them keeps the device busy.
+    """
+
+    __slots__ = ("_bad", "_sources", "_flags", "_event", "_rules")
+
+    def __init__(self, bad=None, sources=None, flags=None, event=None, rules=None):
+        self._bad = bad or {}
+        self._sources = sources or {}
+        self._flags = flags
+        self._event = event
+        self._rules = rules or {}
+
+    def wait(self) -> None:
+        """Raise ``ValueError`` naming the first bad argument, if there is one.
+
+        A second call does nothing (the outcome is settled by the first).
+        """
+        if not self._bad:
+            return
+        if self._event is not None:
+            self._event.synchronize()
+        flags = self._flags.tolist()
+        bad, self._bad = self._bad, {}
+        for (name, mask), is_bad in zip(bad.items(), flags):
+            if not is_bad:
+                continue
+            # The error path only: these syncs cost nothing on good input.
+            where = mask.nonzero()[0].tolist()
+            value = self._sources[name][tuple(where)].item()
+            raise ValueError(f"{name} {self._rules[name]}; found {value} at index {tuple(where)}")
+
+
+_NOTHING_PENDING = PendingValueChecks()
+
+
+def start_value_checks(
+    targets: Sequence[tuple],
+    ignore_index: int,
+    feedback: Optional[torch.Tensor] = None,
+    uniform: Optional[torch.Tensor] = None,
+) -> PendingValueChecks:
+    """Enqueue the value checks; :meth:`PendingValueChecks.wait` raises.
+
+    Nothing is enqueued while the checks are off or ``torch.compile``
+    traces (a host wait would break the graph).
+
+    Parameters
+    ----------
+    targets : sequence of ``(name, target, V)``
+        Each ``target`` must hold columns in ``[0, V)`` or ``ignore_index``.
+    ignore_index : int
+    feedback : bool/int/float tensor, optional
+        Must hold 0 or 1 (a bool tensor is not checked).
+    uniform : floating tensor, optional
+        Must lie in ``[0, 1)``.
+
+    Returns
+    -------
+    PendingValueChecks
+    """
+    if not _value_checks or torch.compiler.is_compiling():
+        return _NOTHING_PENDING
+    bad, sources, rules = {}, {}, {}
+    for name, target, V in targets:
+        if target.numel():
+            bad[name] = ~(((target >= 0) & (target < V)) | (target == ignore_index))
+            sources[name] = target
+            rules[name] = f"must lie in [0, {V}) or equal ignore_index={ignore_index}"
+    if feedback is not None and feedback.dtype != torch.bool and feedback.numel():
+        bad["feedback"] = (feedback != 0) & (feedback != 1)
+        sources["feedback"] = feedback
+        rules["feedback"] = "must be 0/False (negative) or 1/True (positive)"
+    if uniform is not None and uniform.numel():
+        bad["uniform"] = ~((uniform >= 0) & (uniform < 1))
+        sources["uniform"] = uniform
+        rules["uniform"] = "must lie in [0, 1)"
+    if not bad:
+        return _NOTHING_PENDING
+    flags = torch.stack([b.any() for b in bad.values()])
+    event = None
+    if flags.device.type == "cuda":
+        host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+        host.copy_(flags, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(flags.device))
+        flags = host
+    return PendingValueChecks(bad, sources, flags, event, rules)
+
+
 def check_values(
     targets: Sequence[tuple],
     ignore_index: int,
     feedback: Optional[torch.Tensor] = None,
     uniform: Optional[torch.Tensor] = None,
 ) -> None:
-    """Value checks with a single host sync.
-
-    Parameters
-    ----------
-    targets : sequence of ``(name, target, V)``
-    ignore_index : int
-    feedback : bool/int/float tensor, optional
-    uniform : floating tensor, optional
-    """
-    if not _value_checks or torch.compiler.is_compiling():
-        return
-    bad = {}
-    for name, target, V in targets:
-        if target.numel():
-            bad[name] = ~(((target >= 0) & (target < V)) | (target == ignore_index))
-    if feedback is not None and feedback.dtype != torch.bool and feedback.numel():
-        bad["feedback"] = ~((feedback == 0) | (feedback == 1))
-    if uniform is not None and uniform.numel():
-        bad["uniform"] = ~((uniform >= 0) & (uniform < 1))
-    if not bad:
-        return
-    flags = torch.stack([b.any() for b in bad.values()]).tolist()  # the one sync
-    for (name, mask), is_bad in zip(bad.items(), flags):
-        if not is_bad:
-            continue
-        source = dict(feedback=feedback, uniform=uniform)
-        for tname, target, V in targets:
-            source[tname] = target
-        where = mask.nonzero()[0].tolist()
-        value = source[name][tuple(where)].item()
-        if name == "feedback":
-            rule = "must be 0/False (negative) or 1/True (positive)"
-        elif name == "uniform":
-            rule = "must lie in [0, 1)"
-        else:
-            V = next(V for tname, _, V in targets if tname == name)
-            rule = f"must lie in [0, {V}) or equal ignore_index={ignore_index}"
-        raise ValueError(f"{name} {rule}; found {value} at index {tuple(where)}")
+    """Value checks, waited for at once (:func:`start_value_checks` and
+    :meth:`PendingValueChecks.wait`)."""
+    start_value_checks(targets, ignore_index, feedback, uniform).wait()

@@ -170,6 +170,52 @@ def test_value_checks_can_be_switched_off(backend):
         ck.cringe_loss(logits, target, feedback, backend=backend)
 
 
+VALUE_ERRORS = [
+    (dict(target=8), "target"),
+    (dict(target=-7), "target"),
+    (dict(uniform=1.0), "uniform"),
+    (dict(uniform=float("nan")), "uniform"),
+    (dict(feedback=0.5), "feedback"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("single_pass", [False, True])
+@pytest.mark.parametrize("bad,name", VALUE_ERRORS, ids=[f"{n}-{list(b.values())[0]}" for b, n in VALUE_ERRORS])
+def test_value_errors_reach_the_caller_on_every_backend(backend, single_pass, bad, name):
+    # Kernel backends launch before they learn the outcome of the value
+    # checks: the error must still come out of the call, naming the argument.
+    logits, target, feedback, u = random_case(2, 3, 8, seed=6)
+    feedback = feedback.float().expand(2, 3).clone()
+    if "target" in bad:
+        target[1, 1] = bad["target"]
+    if "uniform" in bad:
+        u[0, 2] = bad["uniform"]
+    if "feedback" in bad:
+        feedback[1, 0] = bad["feedback"]
+    with pytest.raises(ValueError, match=name):
+        ck.cringe_loss(logits.requires_grad_(True), target, feedback, uniform=u, backend=backend,
+                       grad_in_forward=single_pass)
+    if name != "feedback":  # the pairwise loss has no feedback
+        with pytest.raises(ValueError, match=name):
+            ck.pairwise_cringe_loss(logits, target, logits.detach() + 1, target, uniform=u, backend=backend,
+                                    grad_in_forward=single_pass)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_any_uniform_gives_a_valid_draw_without_checks(backend):
+    # With the checks off (or before they are waited for) a uniform outside
+    # [0, 1) must still select one of the candidates, never stray.
+    logits, target, feedback, u = random_case(2, 4, 8, seed=7, ignore_frac=0.0)
+    u = torch.tensor([[float("nan"), 1.0, -0.5, 7.0], [float("inf"), -float("inf"), 0.999999, 1e-30]])
+    with ck.value_checks(False):
+        out = ck.cringe_loss(logits, target, torch.zeros_like(feedback), uniform=u, backend=backend, k=3,
+                             reduction="none", return_details=True)
+    s = out.sample_index
+    assert bool(((s >= 0) & (s < 8) & (s != target)).all()), s
+    assert bool(torch.isfinite(out.loss).all())
+
+
 def test_devices_must_match():
     logits, target, feedback, u = random_case(2, 3, 8, seed=5)
     meta = torch.zeros(2, 3, dtype=torch.long, device="meta")
