@@ -16,7 +16,9 @@ grad_lse, grad_target, grad_sample, ignore_index)`` -> ``grad [B, T, V]``
     the same, written over ``logits`` (mutates it, returns nothing),
 
 each with a fake implementation, so that ``torch.compile`` traces through
-them; a backend supplies only the two calls into its compiled module.
+them; a backend supplies only the two calls into its compiled module. They
+come back as :class:`~cringe_kernels.backends._dispatch.EagerOp`: a plain
+eager call runs the op's body without the dispatcher's host overhead.
 """
 
 import contextlib
@@ -24,6 +26,7 @@ from typing import Callable, ContextManager, NamedTuple, Optional, Tuple
 
 import torch
 
+from ._dispatch import EagerOp
 from .base import RowStats, RowStatsBackend, stats_dtype
 
 Tensor = torch.Tensor
@@ -106,8 +109,17 @@ def _no_guard(device: torch.device) -> ContextManager:
     return contextlib.nullcontext()
 
 
+def _register(qualname: str, body: Callable, mutates_args, device_type: str, fake: Callable) -> EagerOp:
+    """Register ``body`` as the custom op ``qualname`` with the fake ``fake``."""
+    op = torch.library.custom_op(qualname, body, mutates_args=mutates_args, device_types=device_type)
+    op.register_fake(fake)
+    namespace, op_name = qualname.split("::")
+    return EagerOp(getattr(getattr(torch.ops, namespace), op_name), body)
+
+
 class RowStatsOps(NamedTuple):
-    """The three ops of one device type, as ``torch.ops`` overload packets."""
+    """The three ops of one device type (:class:`EagerOp`: the ``torch.ops``
+    overload packet is ``.op``)."""
 
     forward: object
     backward: object
@@ -153,7 +165,6 @@ def define_row_stats_ops(
     name = name or device_type
     prefix = f"cringe_kernels::{name}_row_stats"
 
-    @torch.library.custom_op(prefix, mutates_args=(), device_types=device_type)
     def row_stats(
         logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -166,10 +177,6 @@ def define_row_stats_ops(
                 launch_forward(logits, target, uniform, k, ignore_index, out)
         return out
 
-    @row_stats.register_fake
-    def _(logits, target, uniform, k, ignore_index):
-        return fake_stats(logits, target)
-
     def backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
         check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
         B, T, _ = logits.shape
@@ -179,7 +186,6 @@ def define_row_stats_ops(
             launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
                             ignore_index)
 
-    @torch.library.custom_op(f"{prefix}_backward", mutates_args=(), device_types=device_type)
     def row_stats_backward(
         logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, grad_lse: Tensor, grad_target: Tensor,
         grad_sample: Tensor, ignore_index: int,
@@ -190,11 +196,6 @@ def define_row_stats_ops(
         backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
         return grad
 
-    @row_stats_backward.register_fake
-    def _(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
-        return logits.new_empty(logits.shape)
-
-    @torch.library.custom_op(f"{prefix}_backward_", mutates_args=("logits",), device_types=device_type)
     def row_stats_backward_(
         logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, grad_lse: Tensor, grad_target: Tensor,
         grad_sample: Tensor, ignore_index: int,
@@ -202,13 +203,14 @@ def define_row_stats_ops(
         """In-place form: the gradient is written over ``logits``."""
         backward_into(logits, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
 
-    @row_stats_backward_.register_fake
-    def _(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
-        return None
+    def fake_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
+        return logits.new_empty(logits.shape)
 
-    namespace = torch.ops.cringe_kernels
-    return RowStatsOps(*(getattr(namespace, f"{name}_row_stats{suffix}")
-                         for suffix in ("", "_backward", "_backward_")))
+    return RowStatsOps(
+        _register(prefix, row_stats, (), device_type, lambda logits, target, *_: fake_stats(logits, target)),
+        _register(f"{prefix}_backward", row_stats_backward, (), device_type, fake_backward),
+        _register(f"{prefix}_backward_", row_stats_backward_, ("logits",), device_type, lambda *_: None),
+    )
 
 
 class SinglePassOps(NamedTuple):
@@ -247,7 +249,6 @@ def define_single_pass_ops(
                   and grad.is_contiguous() and grad.device == logits.device, ValueError,
                   "grad must be a contiguous tensor of the logits' shape, dtype and device")
 
-    @torch.library.custom_op(prefix, mutates_args=(), device_types=device_type)
     def with_grad(
         logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int, lse_weight: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -262,11 +263,9 @@ def define_single_pass_ops(
                 launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=lse_weight, grad=grad)
         return (*out, grad)
 
-    @with_grad.register_fake
-    def _(logits, target, uniform, k, ignore_index, lse_weight):
+    def fake_with_grad(logits, target, uniform, k, ignore_index, lse_weight):
         return (*fake_stats(logits, target), logits.new_empty(logits.shape))
 
-    @torch.library.custom_op(f"{prefix}_backward_", mutates_args=("grad",), device_types=device_type)
     def with_grad_backward_(
         grad: Tensor, logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, lse_weight: Tensor,
         grad_lse: Tensor, grad_target: Tensor, grad_sample: Tensor, ignore_index: int,
@@ -281,13 +280,10 @@ def define_single_pass_ops(
             launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
                             ignore_index, lse_weight=lse_weight)
 
-    @with_grad_backward_.register_fake
-    def _(grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample, ignore_index):
-        return None
-
-    namespace = torch.ops.cringe_kernels
-    return SinglePassOps(getattr(namespace, f"{name}_row_stats_with_grad"),
-                         getattr(namespace, f"{name}_row_stats_with_grad_backward_"))
+    return SinglePassOps(
+        _register(prefix, with_grad, (), device_type, fake_with_grad),
+        _register(f"{prefix}_backward_", with_grad_backward_, ("grad",), device_type, lambda *_: None),
+    )
 
 
 class NativeRowStats(RowStatsBackend):

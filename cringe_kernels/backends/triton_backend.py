@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._dispatch import EagerOp
 from .base import BackendStatus, RowStats, RowStatsBackend, stats_dtype
 
 try:
@@ -190,15 +191,20 @@ def _launch_backward(logits, out, target, sample_index, lse, grad_lse, grad_targ
 
 
 def _register(name: str, mutates_args):
-    """``triton_op`` on a GPU; an opaque ``custom_op`` under the interpreter."""
+    """``triton_op`` on a GPU; an opaque ``custom_op`` under the interpreter.
+
+    The decorated name becomes an :class:`~cringe_kernels.backends._dispatch.EagerOp`:
+    plain eager calls run the body without the dispatcher's host overhead.
+    """
 
     def wrap(fn):
         if not _interpreting():
-            return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
-        op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
-        # The body allocates the outputs and skips the launch on fake tensors.
-        op.register_fake(fn)
-        return op
+            torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+        else:
+            op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+            # The body allocates the outputs and skips the launch on fake tensors.
+            op.register_fake(fn)
+        return EagerOp(getattr(torch.ops.cringe_kernels, name.split("::")[1]), fn)
 
     return wrap
 
@@ -362,7 +368,7 @@ class TritonRowStats(RowStatsBackend):
             return TorchRowStats().forward(logits, target, uniform, k, ignore_index)
         if k_eff == 0:
             uniform = None
-        return RowStats(*torch.ops.cringe_kernels.triton_row_stats(
+        return RowStats(*triton_row_stats(
             logits, target, uniform, k_eff, ignore_index, self.block_v, self.sub_v))
 
     single_pass = True
@@ -373,7 +379,7 @@ class TritonRowStats(RowStatsBackend):
         k_eff = min(k, logits.shape[-1] - 1)
         if k_eff > MAX_KERNEL_K:  # the PyTorch fallback has no single pass
             return super().forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
-        *stats, grad = torch.ops.cringe_kernels.triton_row_stats_with_grad(
+        *stats, grad = triton_row_stats_with_grad(
             logits, target, uniform if k_eff > 0 else None, k_eff, ignore_index, self.block_v, self.sub_v,
             *_as_stats(logits, lse_weight))
         return RowStats(*stats), grad
@@ -387,7 +393,7 @@ class TritonRowStats(RowStatsBackend):
         _check_layout(logits)
         grad_lse, grad_target, grad_sample, lse_weight = _as_stats(logits, grad_lse, grad_target, grad_sample,
                                                                    lse_weight)
-        torch.ops.cringe_kernels.triton_row_grad_complete_(
+        triton_row_grad_complete_(
             grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target, grad_sample, ignore_index,
             self.block_v)
         return grad
@@ -398,6 +404,6 @@ class TritonRowStats(RowStatsBackend):
         grad_lse, grad_target, grad_sample = _as_stats(logits, grad_lse, grad_target, grad_sample)
         args = (target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, self.block_v)
         if inplace:
-            torch.ops.cringe_kernels.triton_row_grad_(logits, *args)
+            triton_row_grad_(logits, *args)
             return logits
-        return torch.ops.cringe_kernels.triton_row_grad(logits, *args)
+        return triton_row_grad(logits, *args)

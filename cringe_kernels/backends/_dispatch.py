@@ -1,0 +1,79 @@
+"""Eager calls of our ops that skip the dispatcher when nothing would see them.
+
+Every kernel entry point is a ``torch.library`` op so that ``torch.compile``,
+fake tensors, functionalisation, ``torch.func`` transforms and dispatch modes
+see it. A plain eager call on ordinary tensors needs none of that, yet the
+op's Python layers (``custom_op``'s autograd wrapper, redispatch, the dynamo
+guard around the body) cost tens of microseconds of host time per call, on
+the path to every kernel launch: with the GPU idle until that launch, the
+time adds to every small loss call (``benchmarks/host_overhead.py``).
+:class:`EagerOp` runs the op's body directly in that case (the very function
+the op runs, so the results are the same) and calls the op otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+_C = torch._C
+
+
+def _interceptors_active() -> bool:
+    """Whether anything may need to see the op: a compile trace, a dispatch or
+    ``__torch_function__`` mode, or a ``torch.func`` transform (vmap, grad).
+
+    The probes are private torch functions; where one is missing the answer
+    is yes, and the op is called as before.
+    """
+    try:
+        return bool(
+            torch.compiler.is_compiling()
+            or _C._len_torch_dispatch_stack()
+            or _C._is_torch_function_mode_enabled()
+            or _C._functorch.peek_interpreter_stack() is not None
+        )
+    except AttributeError:  # pragma: no cover - depends on the torch version
+        return True
+
+
+def direct_call_ok(args) -> bool:
+    """True when an eager call with ``args`` may run an op's body directly.
+
+    Parameters
+    ----------
+    args : sequence
+        The op's arguments; every tensor among them must be a plain
+        ``torch.Tensor`` (not a subclass such as a fake or a DTensor).
+    """
+    if _interceptors_active():
+        return False
+    return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
+
+
+class EagerOp:
+    """A registered op with its Python body; calling it picks one.
+
+    Parameters
+    ----------
+    op : callable
+        The ``torch.ops`` overload packet (what :attr:`op` returns, for
+        ``torch.library.opcheck`` and friends).
+    body : callable
+        The function the op was registered with.
+    """
+
+    __slots__ = ("op", "body")
+
+    def __init__(self, op: Callable, body: Callable):
+        self.op = op
+        self.body = body
+
+    def __call__(self, *args):
+        if direct_call_ok(args):
+            return self.body(*args)
+        return self.op(*args)
+
+    def __repr__(self) -> str:
+        return f"EagerOp({self.op!r})"
