@@ -20,7 +20,7 @@
 #
 # OUT_DIR receives: gpu_check.log (everything printed), env.txt, build.log,
 # info.txt, tune.csv, bench/ (results.csv, results.json, summary.txt,
-# plot_*.png), ncu.txt, pytest.log + pytest.xml, sanitizer.log,
+# plot_*.png), host/host_overhead.csv, ncu.txt, pytest.log + pytest.xml, sanitizer.log,
 # racecheck.txt and steps.txt (one line per step). To publish a run: copy
 # bench/*, tune.csv, ncu.txt and gpu_check.log into
 # benchmarks/results/cuda-<gpu>/ and commit them.
@@ -231,6 +231,12 @@ bench() {
     --no-progress ${GPU_CHECK_BENCH_ARGS:-$GOAL_POINT}
 }
 
+# Host time of a tiny loss call per backend and path (benchmarks/host_overhead.py):
+# the part of each call the GPU waits for; a few seconds.
+host() {
+  "$PY" benchmarks/host_overhead.py --device cuda --reps 300 --out "$OUT/host"
+}
+
 # torch.compile of the reference alone, with its own budget: at the goal
 # point its compile and first call outran what the shared budget left it.
 baseline() {
@@ -241,7 +247,7 @@ baseline() {
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
 export OUT PY
-export -f environment build info tune tests sanitizer bench baseline profile
+export -f environment build info tune tests sanitizer bench host baseline profile
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
 step build "$BUILD_S" bash -o pipefail -c build
@@ -270,6 +276,7 @@ fi
 # (SIGTERM still writes them).
 export BENCH_BUDGET_S
 step bench $(( BENCH_BUDGET_S + 90 )) bash -o pipefail -c bench
+step host 60 bash -o pipefail -c host
 BASELINE_S="${GPU_CHECK_BASELINE_S:-0}"
 export BASELINE_S GOAL_POINT
 if [ "$BASELINE_S" -gt 0 ]; then

@@ -435,3 +435,22 @@ def test_topk_work_model_runs_and_ranks_the_strategies():
     insertions = float(lines["thread"].split("insertions ")[1].split(",")[0])
     offered = float(lines["row"].split("offered ")[1].split(",")[0])
     assert set(lines) == {"thread", "warp", "row"} and offered < insertions
+
+
+def test_host_overhead_script_runs(tmp_path):
+    """benchmarks/host_overhead.py (run by gpu_check.sh) works end to end on
+    the CPU: every row of its CSV is filled, and the CPU backend's time to
+    the launch is below its whole forward call."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "host_overhead.py"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--reps", "20", "--out", str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in open(tmp_path / "host_overhead.csv") if not line.startswith("#")]
+    rows = list(csv.DictReader(lines))
+    assert {(r["path"], r["value_checks"]) for r in rows if r["backend"] == "cpu"} == {
+        (p, c) for p in ("two-pass", "single-pass") for c in ("on", "off")}
+    for r in rows:
+        assert float(r["fwd_us"]) > 0 and float(r["fwd_bwd_us"]) >= float(r["fwd_us"])
+        if r["backend"] == "cpu":
+            assert 0 < float(r["to_launch_us"]) < float(r["fwd_us"])
