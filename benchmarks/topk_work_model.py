@@ -12,7 +12,9 @@ random rows in exactly the kernels' column order and counts what each does:
   full-list k-th key among the thread's warp.
 * ``row``: one list per row; per round (4 packs per thread) the columns at or
   above the row's k-th key go to a 1024-entry buffer, merged by one warp
-  (several passes when a round overflows it).
+  when a round overflows it or fills its entry 128, and at the end of the
+  row; ``row-eager`` is the same with a merge after every round that
+  offered anything (the kernel until 2026-11-27).
 
 Usage: ``python benchmarks/topk_work_model.py [--V 128256] [--k 5] [--rows 4]``
 (bf16: 8 columns per pack). Prints the averages per row; PERF_NOTES.md quotes
@@ -25,7 +27,7 @@ import argparse
 
 import numpy as np
 
-THREADS, UNROLL, BUFFER = 256, 4, 1024
+THREADS, UNROLL, BUFFER, MERGE_AT = 256, 4, 1024, 128
 
 
 def thread_lists(x, k, per_pack, warp_gate):
@@ -57,21 +59,37 @@ def thread_lists(x, k, per_pack, warp_gate):
     return dict(slow_packs=slow / n_packs, insertions=insertions)
 
 
-def row_threshold(x, k, per_pack):
+def row_threshold(x, k, per_pack, lazy=True):
+    """The row gate. ``lazy`` (the kernel now): the buffer is merged only when
+    a round's candidates overflow it or fill entry MERGE_AT, and once at
+    the end of the row; else (before) after every round that offered
+    anything."""
     per_round = THREADS * UNROLL * per_pack
     best = np.full(k, -np.inf)
+    buffered = np.empty(0, dtype=x.dtype)
     offered = merges = rounds_with_work = 0
+
+    def merge():
+        nonlocal best, buffered, merges
+        best = np.sort(np.concatenate([best, buffered]))[::-1][:k]
+        buffered = buffered[:0]
+        merges += 1
+
     for start in range(0, x.size, per_round):
         chunk = x[start:start + per_round]
         pending = chunk[chunk >= best[-1]]
         if pending.size:
             rounds_with_work += 1
         while pending.size:
-            take, pending = pending[:BUFFER], pending[BUFFER:]
+            room = BUFFER - buffered.size
+            take, pending = pending[:room], pending[room:]
             offered += take.size
-            best = np.sort(np.concatenate([best, take]))[::-1][:k]
-            merges += 1
-            pending = pending[pending >= best[-1]]
+            buffered = np.concatenate([buffered, take])
+            if pending.size or not lazy or buffered.size > MERGE_AT:
+                merge()
+                pending = pending[pending >= best[-1]]
+    if buffered.size:
+        merge()
     return dict(offered=offered, merges=merges, rounds_with_work=rounds_with_work,
                 rounds=-(-x.size // per_round))
 
@@ -85,16 +103,17 @@ def main() -> int:
     per_pack = 8
     V = args.V - args.V % per_pack
     rng = np.random.default_rng(0)
-    results = {"thread": [], "warp": [], "row": []}
+    results = {"thread": [], "warp": [], "row": [], "row-eager": []}
     for _ in range(args.rows):
         x = (rng.standard_normal(V) * 2).astype(np.float32)
         results["thread"].append(thread_lists(x, args.k, per_pack, warp_gate=False))
         results["warp"].append(thread_lists(x, args.k, per_pack, warp_gate=True))
         results["row"].append(row_threshold(x, args.k, per_pack))
+        results["row-eager"].append(row_threshold(x, args.k, per_pack, lazy=False))
     print(f"V={V} k={args.k}, {THREADS} threads, {per_pack} columns per pack, mean of {args.rows} random rows:")
     for name, rows in results.items():
         mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-        print(f"  {name:6s} " + ", ".join(f"{key} {value:.4g}" for key, value in mean.items()))
+        print(f"  {name:9s} " + ", ".join(f"{key} {value:.4g}" for key, value in mean.items()))
     return 0
 
 

@@ -434,7 +434,9 @@ def test_topk_work_model_runs_and_ranks_the_strategies():
     lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
     insertions = float(lines["thread"].split("insertions ")[1].split(",")[0])
     offered = float(lines["row"].split("offered ")[1].split(",")[0])
-    assert set(lines) == {"thread", "warp", "row"} and offered < insertions
+    merges = {name: float(lines[name].split("merges ")[1].split(",")[0]) for name in ("row", "row-eager")}
+    assert set(lines) == {"thread", "warp", "row", "row-eager"} and offered < insertions
+    assert merges["row"] < merges["row-eager"], merges
 
 
 def test_host_overhead_script_runs(tmp_path):

@@ -263,19 +263,25 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
 // A column whose key is below the threshold can never enter the top-k, so
 // the hot loop offers a 16-byte pack only if its max reaches the threshold
 // (or the thread has seen a NaN, whose key is +inf). Offered columns go to a
-// shared candidate buffer; once per round (kUnroll packs per thread) one
-// warp merges the buffer into the list and raises the threshold for the
-// whole block. After the first round the threshold is about the k-th best
-// of the row's first 8192 columns, so a row offers ~k(1 + ln(rounds))
-// candidates in all, where per-thread lists insert ~threads * k * ln(...).
-// A round whose candidates do not fit the buffer merges those that do,
-// drops the ones the raised threshold now rules out and offers the rest
-// again from registers (each thread tracks its columns of the round in a
-// 32-bit mask), so a row of ties takes several passes but stays exact.
+// shared candidate buffer. One warp merges the buffer into the list, and
+// raises the threshold for the whole block, only when a round leaves it
+// overfull or deeper than kMergeAt entries, and once at the end of the row
+// (finish_offers): a merge is a serial stretch of k_eff warp argmaxes that
+// the other warps wait out at a barrier, and merging after every round
+// that offered anything cost ~10 merges a row (benchmarks/topk_work_model.py:
+// now ~3 at V = 128256). A round whose candidates do not fit the buffer
+// merges those that do, drops the ones the raised threshold now rules out
+// and offers the rest again from registers (each thread tracks its columns
+// of the round in a 32-bit mask), so a row of ties takes several passes but
+// stays exact.
 
 // Candidate buffer entries: round 0 offers every column (threshold -inf),
 // 8192 for 16-bit types, which then fits in about two passes.
 constexpr int kBufferSlots = 1024;
+// Buffered candidates at which a round merges even without an overflow
+// (benchmarks/topk_work_model.py: at V = 128256, k = 5 about 3 merges a row
+// instead of 2, and the final merge scans ~130 entries instead of ~780).
+constexpr int kMergeAt = 128;
 
 template <class Acc>
 struct RowTopK {
@@ -348,15 +354,22 @@ __device__ __forceinline__ int reserve_slots(int* count, int want, int lane) {
   return __shfl_sync(0xffffffffu, base, 31) + incl - want;
 }
 
-// Offers this thread's pending candidates of a round and merges until none
-// is left anywhere in the block. Bit b of `pending` stands for candidate b,
-// whose (key, column) is key_col(b); kBits is a constant so that the loops
-// unroll and the round's registers are never indexed at run time.
+// Offers this thread's pending candidates of a round to the buffer, merging
+// only while some do not fit (the rest wait for finish_offers). Bit b of
+// `pending` stands for candidate b, whose (key, column) is key_col(b); kBits
+// is a constant so that the loops unroll and the round's registers are
+// never indexed at run time. One barrier when everything fits.
 template <int kBits, class Acc, class KeyCol>
 __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, int k_eff, int lane, KeyCol key_col) {
   for (;;) {
-    int slot = reserve_slots(&sh.buf_count, __popc(pending), lane);
-    const bool appended = pending != 0 && slot < kBufferSlots;
+    // Most warps offer nothing in most rounds: skip the scan's shuffles.
+    const int want = __popc(pending);
+    int slot = 0;
+    if (__any_sync(0xffffffffu, want != 0)) slot = reserve_slots(&sh.buf_count, want, lane);
+    // The lane whose slots hold entry kMergeAt asks for a merge, so that the
+    // threshold tightens before the buffer is deep (reservations tile the
+    // buffer, so exactly one lane holds it).
+    const bool deep = want > 0 && slot <= kMergeAt && slot + want > kMergeAt;
 #pragma unroll
     for (int b = 0; b < kBits; ++b) {
       if (((pending >> b) & 1u) && slot < kBufferSlots) {
@@ -369,7 +382,7 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
         pending &= ~(1u << b);
       }
     }
-    if (!__syncthreads_or(appended || pending != 0)) return;
+    if (!__syncthreads_or(pending != 0 || deep)) return;
     if ((threadIdx.x >> 5) == 0) merge_candidates(sh, k_eff, lane);
     __syncthreads();
     // What the raised threshold rules out is dropped, the rest offered again.
@@ -384,6 +397,17 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
       }
     }
   }
+}
+
+// Merges what the rounds left in the buffer. Every thread calls it after its
+// last offer_round of the row; the caller's next barrier (block_lse) orders
+// the merge before the list is read.
+template <class Acc>
+__device__ __forceinline__ void finish_offers(RowTopK<Acc>& sh, int k_eff, int lane) {
+  __syncthreads();  // the last round's candidates are stored
+  // Every lane of warp 0 reads the count before any can reset it (the vote
+  // waits for all), so the warp agrees on whether to merge.
+  if ((threadIdx.x >> 5) == 0 && __any_sync(0xffffffffu, sh.buf_count > 0)) merge_candidates(sh, k_eff, lane);
 }
 
 // kWithGrad: also the single-pass gradient (ForwardParams::lse_weight): once
@@ -600,6 +624,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
         col = head + (q0 + (b / kN) * T) * kN + b % kN;
       });
     }
+    if (k_eff > 0) finish_offers(sh, k_eff, lane);
 
     st = block_lse(st, warp_m, warp_s);
     if (threadIdx.x == 0) {

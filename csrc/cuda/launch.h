@@ -30,9 +30,10 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 //   for the whole row's top-k).
 // kRow: one sorted list per row and its k-th key as the threshold of the
 //   whole block; columns that reach it go to a shared buffer that one warp
-//   merges once per round of kUnroll packs per thread. About k(1 + ln
-//   rounds) candidates per row instead of ~threads * k * ln(V / (threads *
-//   k)) (csrc/cuda/forward.cu).
+//   merges when a round overflows it or leaves it deep, and at the row's
+//   end: ~3 merges and ~1,200 buffered columns per random row at V =
+//   128256, k = 5, where per-thread lists insert ~7,000 times
+//   (csrc/cuda/forward.cu, benchmarks/topk_work_model.py).
 // kRowAsync: kRow, with each round's packs copied into shared memory by
 //   cp.async while the previous round computes, so the round's barriers do
 //   not drain the loads in flight (2 x 16 KB of shared memory per 256

@@ -193,6 +193,8 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return bits;
 }
 
+inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0u; }
+
 // A rendezvous of the lanes in `mask`, like the other warp operations.
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   uint64_t all[32];
