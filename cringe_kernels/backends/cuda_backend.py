@@ -60,7 +60,8 @@ def _forward_gate() -> int:
     measured yet), ``thread`` (one list per thread) or ``warp`` (those lists
     with a warp-shared gate). All give the same results. Measured on an
     H100 at bf16, N=16384, V=128256, k=5 (benchmarks/results/cuda-h100-3,
-    tune.csv): ``row`` 2.88 ms, ``warp`` 5.32 ms, ``thread`` 5.69 ms.
+    tune.csv): ``row`` 2.88 ms (when it still merged its candidate buffer
+    after every round), ``warp`` 5.32 ms, ``thread`` 5.69 ms.
     """
     name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
     if name not in _GATES:
