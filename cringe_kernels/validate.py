@@ -240,8 +240,9 @@ def start_value_checks(
 ) -> PendingValueChecks:
     """Enqueue the value checks; :meth:`PendingValueChecks.wait` raises.
 
-    Nothing is enqueued while the checks are off or ``torch.compile``
-    traces (a host wait would break the graph).
+    Nothing is enqueued while the checks are off, while ``torch.compile``
+    traces (a host wait would break the graph) or while a CUDA graph is
+    captured (a wait is not allowed then).
 
     Parameters
     ----------
@@ -258,6 +259,10 @@ def start_value_checks(
     PendingValueChecks
     """
     if not _value_checks or torch.compiler.is_compiling():
+        return _NOTHING_PENDING
+    # Nothing may wait for the device while a CUDA graph is being captured;
+    # the captured kernels are memory-safe on any value.
+    if targets and targets[0][1].is_cuda and torch.cuda.is_current_stream_capturing():
         return _NOTHING_PENDING
     bad, sources, rules = {}, {}, {}
     for name, target, V in targets:

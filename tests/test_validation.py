@@ -216,6 +216,29 @@ def test_any_uniform_gives_a_valid_draw_without_checks(backend):
     assert bool(torch.isfinite(out.loss).all())
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_value_checks_step_aside_during_cuda_graph_capture(backend):
+    # With the checks on (the default) a captured loss must neither wait for
+    # the device nor lose its result: replaying the graph gives the eager loss.
+    if backend not in ck.available_backends("cuda"):
+        pytest.skip(f"backend {backend!r} does not run here")
+    logits, target, feedback, u = random_case(2, 3, 50, seed=8, device="cuda")
+    eager = ck.cringe_loss(logits, target, feedback, uniform=u, backend=backend)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # first calls (lazy init, autotuning) outside the capture
+        for _ in range(2):
+            ck.cringe_loss(logits, target, feedback, uniform=u, backend=backend)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = ck.cringe_loss(logits, target, feedback, uniform=u, backend=backend)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+
+
 def test_devices_must_match():
     logits, target, feedback, u = random_case(2, 3, 8, seed=5)
     meta = torch.zeros(2, 3, dtype=torch.long, device="meta")
