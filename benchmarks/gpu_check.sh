@@ -206,6 +206,8 @@ sanitizer() {
 
 # Nsight Compute on one launch of each forward (benchmarks/profile_forward.py):
 # why they stop short of the copy bandwidth, not only how long they take.
+# SourceCounters samples where the warps stall (run 3's small-N rows say a
+# row-kernel round is bound by its own serial path: this says which part).
 profile() {
   local ncu
   ncu="$(command -v ncu || true)"
@@ -217,7 +219,8 @@ profile() {
   # --clock-control none: the card is measured as found (ncu would lock its clocks).
   "$ncu" --clock-control none --kernel-name regex:"row_threshold|row_stats_fwd" --launch-skip 0 --launch-count 6 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section MemoryWorkloadAnalysis "$PY" benchmarks/profile_forward.py 2>&1 | tee "$OUT/ncu.txt"
+    --section MemoryWorkloadAnalysis --section SourceCounters "$PY" benchmarks/profile_forward.py 2>&1 \
+    | tee "$OUT/ncu.txt"
 }
 
 # The default measures the issues' goal point (bf16, 16384 tokens, Llama 3's

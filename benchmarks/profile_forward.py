@@ -7,7 +7,7 @@ take::
 
     ncu --kernel-name regex:"row_threshold|row_stats_fwd" --section SpeedOfLight \\
         --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \\
-        python benchmarks/profile_forward.py
+        --section SourceCounters python benchmarks/profile_forward.py
 
 It launches, once each after one warm-up: the Triton forward at its default
 configuration, and the CUDA row-threshold forward with its ``row`` and
