@@ -23,6 +23,44 @@ DEV = "cpu"
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
+@pytest.fixture(autouse=True)
+def every_thread(monkeypatch):
+    """The backend gives small problems one thread (fork and join cost more);
+    these tests are small, so they lower that bar to keep every OpenMP thread
+    (and its slice of the top-k workspace) in play."""
+    from cringe_kernels.backends import cpu_backend
+
+    monkeypatch.setattr(cpu_backend, "_LOGITS_PER_THREAD", 1)
+
+
+def test_small_problems_take_one_thread(monkeypatch):
+    from cringe_kernels.backends import cpu_backend
+
+    monkeypatch.setattr(cpu_backend, "_LOGITS_PER_THREAD", 1 << 17)
+    threads = torch.get_num_threads()
+    assert cpu_backend._threads(torch.empty(1, 8, 64)) == 1
+    assert cpu_backend._threads(torch.empty(2, 64, 4096)) == min(threads, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threads_give_bitwise_the_same_result(dtype):
+    # Each row is one thread's work, so the number of threads changes nothing.
+    x = random_logits((3, 9, 2000), dtype, DEV, seed=3)
+    y = random_target((3, 9), 2000, DEV)
+    fb, u = half_negative((3, 9), DEV), torch.rand(3, 9)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            results.append(run_binary(x, y, fb, "cpu", k=5, uniform=u, ct_on_positives=True))
+    finally:
+        torch.set_num_threads(previous)
+    (one, grad_1), (three, grad_3) = results
+    assert torch.equal(one.loss, three.loss) and torch.equal(one.sample_index, three.sample_index)
+    assert torch.equal(grad_1, grad_3)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V", [2, 3, 33, 1000, 4099])
 @pytest.mark.parametrize("k", [1, 5, 17, 64])
