@@ -105,3 +105,19 @@ def test_loss_under_compile_still_traces_the_op():
     compiled = torch.compile(lambda x: ck.cringe_loss(x, target, feedback, uniform=u, backend="cpu"),
                              backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(logits), eager, rtol=0, atol=0)
+
+
+def test_triton_bodies_match_their_ops():
+    pytest.importorskip("triton")
+    if "cpu" not in backends.status("triton").devices:
+        pytest.skip("the triton backend does not run on the CPU here (TRITON_INTERPRET unset)")
+    from cringe_kernels.backends import triton_backend as tb
+
+    logits, target, u = _primitive_args(seed=4)
+    direct = tb.triton_row_stats(logits, target, u, 5, -100, 0, 0)
+    via_op = tb.triton_row_stats.op(logits, target, u, 5, -100, 0, 0)
+    for a, b in zip(direct, via_op):
+        assert torch.equal(a, b)
+    g = torch.randn(3, 6)
+    args = (target, direct[3], direct[0], g[0], g[1], g[2], -100, 0)
+    assert torch.equal(tb.triton_row_grad(logits, *args), tb.triton_row_grad.op(logits, *args))
