@@ -245,8 +245,6 @@ def cringe_loss(
     uniform = _draws(uniform, target, "target", generator, logits.device)
     pending = validate.start_value_checks([("target", target, V)], ignore_index, feedback=feedback, uniform=uniform)
     chosen_backend = backends.resolve(backend, logits)
-    if chosen_backend == backends.REFERENCE:
-        pending.wait()  # the reference indexes with the targets; the kernels are safe on any value
 
     # Only the single pass needs the row masks before the kernel; otherwise
     # they are built while it runs, off the path to its launch.
@@ -271,6 +269,8 @@ def cringe_loss(
     ce = _reduce(ce_rows, count, reduction, num_items_in_batch, target.shape)
     cr = _reduce(cr_rows, count, reduction, num_items_in_batch, target.shape)
     loss = ce + alpha * cr
+    # The outcome of the value checks, now that the kernels are queued behind
+    # them (every backend is memory-safe on any value).
     pending.wait()
     if not return_details:
         return loss
@@ -367,8 +367,6 @@ def pairwise_cringe_loss(
     pending = validate.start_value_checks(
         [("chosen_target", chosen_target, V), ("rejected_target", rejected_target, V)], ignore_index, uniform=uniform)
     chosen_backend = backends.resolve(backend, chosen_logits)
-    if chosen_backend == backends.REFERENCE:
-        pending.wait()  # as in cringe_loss
 
     B = chosen_logits.shape[0]
     valid_w = (chosen_target != ignore_index).reshape(B, -1)

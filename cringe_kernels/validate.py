@@ -9,8 +9,7 @@ idle, and raise before returning. They are skipped while ``torch.compile``
 traces (a wait would break the graph) and can be switched off with
 :func:`set_value_checks`. Kernels stay memory-safe either way: an
 out-of-range target gives NaN and any uniform a valid draw, never an
-out-of-bounds access; the reference backend, which indexes with the
-targets, waits before it computes.
+out-of-bounds access (the reference backend included).
 """
 
 from __future__ import annotations
