@@ -197,35 +197,41 @@ class PendingValueChecks:
     launches its kernels before waiting never leaves the GPU idle for them:
     the wait only holds the host back until the device reaches the checks,
     while the work queued after them keeps the device busy.
+
+    Parameters
+    ----------
+    checks : list of ``(name, bad_mask, source, rule)``
+        Per checked argument: the device mask of its bad entries, the
+        argument itself (to quote a bad value) and the rule it broke.
+    flags : Tensor, ``[len(checks)]`` bool
+        Whether each mask has a bad entry (host memory once ``event`` is done).
+    event : torch.cuda.Event, optional
     """
 
-    __slots__ = ("_bad", "_sources", "_flags", "_event", "_rules")
+    __slots__ = ("_checks", "_flags", "_event")
 
-    def __init__(self, bad=None, sources=None, flags=None, event=None, rules=None):
-        self._bad = bad or {}
-        self._sources = sources or {}
+    def __init__(self, checks=(), flags=None, event=None):
+        self._checks = list(checks)
         self._flags = flags
         self._event = event
-        self._rules = rules or {}
 
     def wait(self) -> None:
         """Raise ``ValueError`` naming the first bad argument, if there is one.
 
         A second call does nothing (the outcome is settled by the first).
         """
-        if not self._bad:
+        if not self._checks:
             return
         if self._event is not None:
             self._event.synchronize()
-        flags = self._flags.tolist()
-        bad, self._bad = self._bad, {}
-        for (name, mask), is_bad in zip(bad.items(), flags):
+        checks, self._checks = self._checks, []
+        for (name, mask, source, rule), is_bad in zip(checks, self._flags.tolist()):
             if not is_bad:
                 continue
             # The error path only: these syncs cost nothing on good input.
             where = mask.nonzero()[0].tolist()
-            value = self._sources[name][tuple(where)].item()
-            raise ValueError(f"{name} {self._rules[name]}; found {value} at index {tuple(where)}")
+            value = source[tuple(where)].item()
+            raise ValueError(f"{name} {rule}; found {value} at index {tuple(where)}")
 
 
 _NOTHING_PENDING = PendingValueChecks()
@@ -263,23 +269,19 @@ def start_value_checks(
     # the captured kernels are memory-safe on any value.
     if targets and targets[0][1].is_cuda and torch.cuda.is_current_stream_capturing():
         return _NOTHING_PENDING
-    bad, sources, rules = {}, {}, {}
+    checks = []
     for name, target, V in targets:
         if target.numel():
-            bad[name] = ~(((target >= 0) & (target < V)) | (target == ignore_index))
-            sources[name] = target
-            rules[name] = f"must lie in [0, {V}) or equal ignore_index={ignore_index}"
+            checks.append((name, ~(((target >= 0) & (target < V)) | (target == ignore_index)), target,
+                           f"must lie in [0, {V}) or equal ignore_index={ignore_index}"))
     if feedback is not None and feedback.dtype != torch.bool and feedback.numel():
-        bad["feedback"] = (feedback != 0) & (feedback != 1)
-        sources["feedback"] = feedback
-        rules["feedback"] = "must be 0/False (negative) or 1/True (positive)"
+        checks.append(("feedback", (feedback != 0) & (feedback != 1), feedback,
+                       "must be 0/False (negative) or 1/True (positive)"))
     if uniform is not None and uniform.numel():
-        bad["uniform"] = ~((uniform >= 0) & (uniform < 1))
-        sources["uniform"] = uniform
-        rules["uniform"] = "must lie in [0, 1)"
-    if not bad:
+        checks.append(("uniform", ~((uniform >= 0) & (uniform < 1)), uniform, "must lie in [0, 1)"))
+    if not checks:
         return _NOTHING_PENDING
-    flags = torch.stack([b.any() for b in bad.values()])
+    flags = torch.stack([mask.any() for _, mask, _, _ in checks])
     event = None
     if flags.device.type == "cuda":
         host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
@@ -287,15 +289,5 @@ def start_value_checks(
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(flags.device))
         flags = host
-    return PendingValueChecks(bad, sources, flags, event, rules)
+    return PendingValueChecks(checks, flags, event)
 
-
-def check_values(
-    targets: Sequence[tuple],
-    ignore_index: int,
-    feedback: Optional[torch.Tensor] = None,
-    uniform: Optional[torch.Tensor] = None,
-) -> None:
-    """Value checks, waited for at once (:func:`start_value_checks` and
-    :meth:`PendingValueChecks.wait`)."""
-    start_value_checks(targets, ignore_index, feedback, uniform).wait()

@@ -70,6 +70,12 @@ class EagerOp:
         self.op = op
         self.body = body
 
+    @classmethod
+    def registered(cls, qualname: str, body: Callable) -> "EagerOp":
+        """The op registered as ``qualname`` (``"namespace::name"``) with ``body``."""
+        namespace, name = qualname.split("::")
+        return cls(getattr(getattr(torch.ops, namespace), name), body)
+
     def __call__(self, *args):
         if direct_call_ok(args):
             return self.body(*args)

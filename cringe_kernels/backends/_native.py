@@ -113,8 +113,7 @@ def _register(qualname: str, body: Callable, mutates_args, device_type: str, fak
     """Register ``body`` as the custom op ``qualname`` with the fake ``fake``."""
     op = torch.library.custom_op(qualname, body, mutates_args=mutates_args, device_types=device_type)
     op.register_fake(fake)
-    namespace, op_name = qualname.split("::")
-    return EagerOp(getattr(getattr(torch.ops, namespace), op_name), body)
+    return EagerOp.registered(qualname, body)
 
 
 class RowStatsOps(NamedTuple):

@@ -204,7 +204,7 @@ def _register(name: str, mutates_args):
             op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
             # The body allocates the outputs and skips the launch on fake tensors.
             op.register_fake(fn)
-        return EagerOp(getattr(torch.ops.cringe_kernels, name.split("::")[1]), fn)
+        return EagerOp.registered(name, fn)
 
     return wrap
 

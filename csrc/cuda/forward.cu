@@ -355,7 +355,8 @@ __device__ __forceinline__ int reserve_slots(int* count, int want, int lane) {
 }
 
 // Offers this thread's pending candidates of a round to the buffer, merging
-// only while some do not fit (the rest wait for finish_offers). Bit b of
+// only while some do not fit or the buffer is past kMergeAt (the rest wait
+// for finish_offers). Bit b of
 // `pending` stands for candidate b, whose (key, column) is key_col(b); kBits
 // is a constant so that the loops unroll and the round's registers are
 // never indexed at run time. One barrier when everything fits.
