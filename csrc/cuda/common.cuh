@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "cringe/macros.h"
 #include "cringe/row_math.h"
@@ -87,6 +88,28 @@ struct alignas(16) Pack {
   static constexpr int kN = 16 / sizeof(S);
   S v[kN];
 };
+
+// The columns of one 16-byte pack as accumulation values. A bfloat16 is the
+// high half of its float, so each 32-bit pair comes apart with one shift and
+// one mask instead of an extract and a shift per column (the forward's hot
+// loop issues ~5 instructions a column: this was one and a half of them).
+template <DType D>
+__device__ __forceinline__ void unpack(const Pack<typename Types<D>::S>& pk,
+                                       typename Types<D>::Acc (&x)[Pack<typename Types<D>::S>::kN]) {
+  constexpr int kN = Pack<typename Types<D>::S>::kN;
+  if constexpr (D == DType::kBFloat16) {
+    uint32_t w[kN / 2];
+    memcpy(w, pk.v, sizeof(w));  // not a pointer cast: that would break strict aliasing
+#pragma unroll
+    for (int j = 0; j < kN / 2; ++j) {
+      x[2 * j] = __uint_as_float(w[j] << 16);  // little-endian: the lower column is the low half
+      x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) x[e] = Types<D>::load(pk.v[e]);
+  }
+}
 
 // Elements before the first 16-byte boundary of a row (rows of a strided
 // [B, T, V] view need not be aligned); the rest is walked in 16-byte packs.

@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
           constexpr int kN = Pack<S>::kN;
           Acc x[kN];
 #pragma unroll
-          for (int e = 0; e < kN; ++e) x[e] = Ty::load(pk.v[e]);
+          unpack<D>(pk, x);
           if constexpr (!std::is_same<Acc, float>::value) {
             // float64: two columns per pack gain nothing from the gate, and
             // the extra live doubles around the (called) exp spill.
@@ -371,16 +371,20 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
     // threshold tightens before the buffer is deep (reservations tile the
     // buffer, so exactly one lane holds it).
     const bool deep = want > 0 && slot <= kMergeAt && slot + want > kMergeAt;
+    // Unrolled, the bit loop costs ~5 instructions a bit even with nothing
+    // pending: as many as the columns' own work; most threads skip it.
+    if (pending != 0) {
 #pragma unroll
-    for (int b = 0; b < kBits; ++b) {
-      if (((pending >> b) & 1u) && slot < kBufferSlots) {
-        Acc key;
-        int col;
-        key_col(b, key, col);
-        sh.buf_keys[slot] = key;
-        sh.buf_cols[slot] = col;
-        ++slot;
-        pending &= ~(1u << b);
+      for (int b = 0; b < kBits; ++b) {
+        if (((pending >> b) & 1u) && slot < kBufferSlots) {
+          Acc key;
+          int col;
+          key_col(b, key, col);
+          sh.buf_keys[slot] = key;
+          sh.buf_cols[slot] = col;
+          ++slot;
+          pending &= ~(1u << b);
+        }
       }
     }
     if (!__syncthreads_or(pending != 0 || deep)) return;
@@ -388,13 +392,15 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
     __syncthreads();
     // What the raised threshold rules out is dropped, the rest offered again.
     const Acc thr = sh.threshold;
+    if (pending != 0) {
 #pragma unroll
-    for (int b = 0; b < kBits; ++b) {
-      if ((pending >> b) & 1u) {
-        Acc key;
-        int col;
-        key_col(b, key, col);
-        if (key < thr) pending &= ~(1u << b);
+      for (int b = 0; b < kBits; ++b) {
+        if ((pending >> b) & 1u) {
+          Acc key;
+          int col;
+          key_col(b, key, col);
+          if (key < thr) pending &= ~(1u << b);
+        }
       }
     }
   }
@@ -554,7 +560,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
     if (kStaged && rounds > 0) start_round(0);
     for (int r = 0; r < rounds; ++r) {
       const int q0 = lo + r * kUnroll * T + threadIdx.x;
-      Pack<S> pk[kStaged ? 1 : kUnroll];
+      Pack<S> pk[kUnroll];
       const Pack<S>* half = stage + (r & 1) * kUnroll * T + threadIdx.x;
       if constexpr (kStaged) {
         // The next round's copies go out first; an empty group in the last
@@ -571,16 +577,23 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
           if (q0 + u * T < hi) pk[u] = body[q0 + u * T];
         }
       }
-      // Column e of pack u of this round.
-      auto elem = [&](int u, int e) -> S { return kStaged ? half[u * T].v[e] : pk[kStaged ? 0 : u].v[e]; };
+      // Pack u of this round (kStaged: one 16-byte shared load, not one a
+      // column) and its column e.
+      auto pack = [&](int u) -> Pack<S> {
+        if constexpr (kStaged) {
+          return half[u * T];
+        } else {
+          return pk[u];
+        }
+      };
+      auto elem = [&](int u, int e) -> S { return pack(u).v[e]; };
       Acc pmax[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         pmax[u] = neg_inf<Acc>();
         if (q0 + u * T >= hi) continue;
         Acc x[kN];
-#pragma unroll
-        for (int e = 0; e < kN; ++e) x[e] = Ty::load(elem(u, e));
+        unpack<D>(pack(u), x);
         if constexpr (!std::is_same<Acc, float>::value) {
           Acc pm = x[0];
 #pragma unroll
@@ -599,7 +612,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           if (q0 + u * T < hi && q0 + u * T < cache_packs) {
-            cache[q0 + u * T] = kStaged ? half[u * T] : pk[kStaged ? 0 : u];
+            cache[q0 + u * T] = pack(u);
           }
         }
       }
@@ -753,14 +766,15 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
   const int64_t stage_bytes = kStaged ? int64_t(kStagePacks) * threads * static_cast<int64_t>(sizeof(Pack<S>)) : 0;
 
+  cudaFuncAttributes attrs{};
+  err = cudaFuncGetAttributes(&attrs, kernel);
+  if (err != cudaSuccess) return err;
   int64_t cache_packs = 0;
   if (shape.cache_bytes > 0) {
     int optin = 0, per_sm = 0, reserved = 0;
-    cudaFuncAttributes attrs{};
     err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
-    if (err == cudaSuccess) err = cudaFuncGetAttributes(&attrs, kernel);
     if (err != cudaSuccess) return err;
     const int64_t fixed = static_cast<int64_t>(attrs.sharedSizeBytes) + stage_bytes;
     int64_t room = optin - fixed;
@@ -771,7 +785,10 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
     if (cache_packs < 0) cache_packs = 0;
   }
   const size_t dynamic_bytes = static_cast<size_t>(stage_bytes + cache_packs * int64_t(sizeof(Pack<S>)));
-  if (dynamic_bytes > 48 * 1024) {  // above the default limit a kernel must opt in
+  // Without opting in, a block's static and dynamic shared memory together
+  // stay within 48 KB (run 4: float64's 256 threads of stages, its larger
+  // static arrays and a 5 KB cache came to 51 KB and failed to launch).
+  if (static_cast<int64_t>(attrs.sharedSizeBytes) + static_cast<int64_t>(dynamic_bytes) > 48 * 1024) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_bytes));
     if (err != cudaSuccess) return err;
   }
