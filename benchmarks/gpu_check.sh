@@ -20,7 +20,7 @@
 #
 # OUT_DIR receives: gpu_check.log (everything printed), env.txt, build.log,
 # info.txt, tune.csv, bench/ (results.csv, results.json, summary.txt,
-# plot_*.png), host/host_overhead.csv, ncu.txt, pytest.log + pytest.xml, sanitizer.log,
+# plot_*.png), host/host_overhead.csv, trace.txt, ncu.txt, pytest.log + pytest.xml, sanitizer.log,
 # racecheck.txt and steps.txt (one line per step). To publish a run: copy
 # bench/*, tune.csv, ncu.txt and gpu_check.log into
 # benchmarks/results/cuda-<gpu>/ and commit them.
@@ -37,9 +37,9 @@
 #       (ids with "sim": the CUDA kernels on the CPU, tests/cuda_sim.py) are
 #       left out: CI runs them, and here they would spend device time on CPU
 #       work; GPU_CHECK_WITH_SIM=1 keeps them.
-#   GPU_CHECK_SANITIZER_QUICK=1  memcheck and racecheck on the quick cases
-#       only (sanitizer_case.py --quick: no N*V > 2^31 case), ~2.5 min
-#       instead of ~6.
+#   GPU_CHECK_SANITIZER_QUICK=1  memcheck on the quick cases and on the
+#       N*V > 2^31 case alone (sanitizer_case.py --quick, --large-only),
+#       racecheck on the quick cases: ~2.5 min instead of ~6.
 #   GPU_CHECK_SKIP        steps to leave out, e.g. "tune sanitizer profile".
 #   GPU_CHECK_PROFILE_S   limit of the ncu profile of the forwards (120 s).
 # After the tune, its fastest Triton forward configuration, (when all agree
@@ -185,9 +185,11 @@ sanitizer() {
   local rc=0
   {
     if [ "${GPU_CHECK_SANITIZER_QUICK:-0}" = 1 ]; then
-      echo "--- memcheck: the quick cases (GPU_CHECK_SANITIZER_QUICK=1: no N*V > 2^31 case)"
+      echo "--- memcheck: the quick cases, then the N*V > 2^31 case alone (GPU_CHECK_SANITIZER_QUICK=1)"
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
         "$PY" benchmarks/sanitizer_case.py --quick || rc=1
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
+        "$PY" benchmarks/sanitizer_case.py --large-only || rc=1
     else
       echo "--- memcheck: every edge case, plus N*V > 2^31"
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
@@ -223,6 +225,13 @@ profile() {
     | tee "$OUT/ncu.txt"
 }
 
+# One loss call traced with torch.profiler (benchmarks/profile_loss_call.py):
+# how long the device waits for the host before the large kernel, and what
+# the small kernels of the loss algebra add.
+trace() {
+  "$PY" benchmarks/profile_loss_call.py 2>&1 | tee "$OUT/trace.txt"
+}
+
 # The default measures the issues' goal point (bf16, 16384 tokens, Llama 3's
 # 128256 vocabulary, forward + backward) for every provider; the preset
 # sweeps (--quick, the default, --full) need far more than one lease.
@@ -250,7 +259,7 @@ baseline() {
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
 export OUT PY
-export -f environment build info tune tests sanitizer bench host baseline profile
+export -f environment build info tune tests sanitizer bench host baseline profile trace
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
 step build "$BUILD_S" bash -o pipefail -c build
@@ -285,6 +294,7 @@ export BASELINE_S GOAL_POINT
 if [ "$BASELINE_S" -gt 0 ]; then
   step baseline $(( BASELINE_S + 60 )) bash -o pipefail -c baseline
 fi
+step trace 90 bash -o pipefail -c trace
 step profile "${GPU_CHECK_PROFILE_S:-120}" bash -o pipefail -c profile
 step tests "$TEST_S" bash -o pipefail -c tests
 step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer

@@ -16,8 +16,8 @@ problem (``--N`` rows of ``--V`` columns, default 8 x 64), it times:
 ``fwd+bwd``
     host time of the loss and ``torch.autograd.grad`` on it;
 ``to_launch``
-    host time from the call to the forward kernel's launch (CPU backend
-    only: it wraps the compiled module's entry point; elsewhere ``-``),
+    host time from the call to the forward kernel's launch (the native
+    backends: it wraps the compiled modules' entry points; Triton ``-``),
 
 each with the value checks on (the default) and off, as the median of
 ``--reps`` calls after a warm-up. On CUDA it synchronises once per call
@@ -48,37 +48,59 @@ from cringe_kernels.bench.providers import kernel_backends
 
 
 class _LaunchClock:
-    """Stamps the time at which the CPU backend's compiled forward is entered."""
+    """Stamps the time at which a native backend's forward kernel is launched.
+
+    The CPU backend calls ``_C_cpu.forward`` through its module global: that
+    is wrapped. The CUDA launcher holds its module in a closure, but looks
+    up ``_forward_gate`` (its top-k strategy) as a global right in the
+    launch call: that is wrapped. The host time from the loss call to the
+    stamp is what the device waits before the loss's one large kernel.
+    """
 
     def __init__(self):
         self.stamp = None
-        self._module = None
+        self._installed = []
+
+    def _wrap(self, owner, attr, stamped) -> None:
+        self._installed.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, stamped)
 
     def install(self) -> bool:
+        clock = self
         try:
             from cringe_kernels.backends import cpu_backend
         except ImportError:
-            return False
-        if cpu_backend._C_cpu is None:
-            return False
-        module, clock = cpu_backend._C_cpu, self
+            cpu_backend = None
+        if cpu_backend is not None and cpu_backend._C_cpu is not None:
+            module = cpu_backend._C_cpu
 
-        class Stamped:
-            def __getattr__(self, name):
-                return getattr(module, name)
+            class Stamped:
+                def __getattr__(self, name):
+                    return getattr(module, name)
 
-            def forward(self, *args):
+                def forward(self, *args):
+                    clock.stamp = time.perf_counter()
+                    return module.forward(*args)
+
+            self._wrap(cpu_backend, "_C_cpu", Stamped())
+        try:
+            from cringe_kernels.backends import cuda_backend
+        except ImportError:
+            cuda_backend = None
+        if cuda_backend is not None and cuda_backend._C_cuda is not None:
+            gate = cuda_backend._forward_gate
+
+            def stamped_gate():
                 clock.stamp = time.perf_counter()
-                return module.forward(*args)
+                return gate()
 
-        cpu_backend._C_cpu = Stamped()
-        self._module = (cpu_backend, module)
-        return True
+            self._wrap(cuda_backend, "_forward_gate", stamped_gate)
+        return bool(self._installed)
 
     def uninstall(self) -> None:
-        if self._module is not None:
-            cpu_backend, module = self._module
-            cpu_backend._C_cpu = module
+        for owner, attr, original in reversed(self._installed):
+            setattr(owner, attr, original)
+        self._installed = []
 
 
 def _case(N: int, V: int, device: torch.device):
@@ -109,7 +131,7 @@ def measure(backend: str, single_pass: bool, checks: bool, N: int, V: int, devic
             if i >= reps // 5:  # the first fifth warms up
                 fwd.append(t1 - t0)
                 full.append(t2 - t0)
-                if clock.stamp is not None and backend == "cpu":
+                if clock.stamp is not None:
                     to_launch.append(clock.stamp - t0)
         sync()
     finally:

@@ -14,7 +14,8 @@ reports memory errors itself::
 
 ``--quick`` keeps two dtypes, two V and two k (for the slower racecheck);
 ``--large`` adds one bfloat16 case with ``N * V > 2**31`` (16400 x 131072):
-forward and in-place backward, the int64 row offsets at full size. Run it with
+forward and in-place backward, the int64 row offsets at full size;
+``--large-only`` runs that case alone. Run it with
 ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` so that every tensor is its own
 allocation and an overrun past one is reported rather than landing in the
 caching allocator's slack.
@@ -57,6 +58,12 @@ def main() -> int:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
         backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
     dev = "cuda" if backend == "cuda" else "cpu"
+    if "--large-only" in sys.argv:  # memcheck of the int64 offsets alone, within a short GPU session
+        cases = large_case(backend, dev)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        print(f"sanitizer_case: {cases} cases ran on {backend}")
+        return 0
     cases = edge_cases(backend, dev, quick="--quick" in sys.argv)
     if backend in ("cuda", "cuda_sim"):
         # The other top-k strategies are other forward kernels: their edges
