@@ -56,12 +56,13 @@ def _forward_gate() -> int:
     ``CRINGE_KERNELS_CUDA_FWD_GATE``: ``row`` (the default: one row-wide
     threshold and a shared candidate buffer), ``row-async`` (the same, with
     each round's loads copied to shared memory by ``cp.async`` while the
-    previous round computes, so its barriers do not drain them; not
-    measured yet), ``thread`` (one list per thread) or ``warp`` (those lists
-    with a warp-shared gate). All give the same results. Measured on an
-    H100 at bf16, N=16384, V=128256, k=5 (benchmarks/results/cuda-h100-3,
-    tune.csv): ``row`` 2.88 ms (when it still merged its candidate buffer
-    after every round), ``warp`` 5.32 ms, ``thread`` 5.69 ms.
+    previous round computes, so its barriers do not drain them),
+    ``thread`` (one list per thread) or ``warp`` (those lists with a
+    warp-shared gate). All give the same results. Measured on an H100 at
+    bf16, N=16384, V=128256, k=5 (benchmarks/results/cuda-h100-4,
+    tune.csv): ``row`` 2.11 ms, ``row-async`` 2.22 ms, ``warp`` 5.32 ms,
+    ``thread`` 5.69 ms; on an H200 (cuda-h200-5) ``row`` 1.91 ms,
+    ``row-async`` 2.00 ms.
     """
     name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
     if name not in _GATES:

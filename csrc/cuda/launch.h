@@ -40,8 +40,9 @@ constexpr int64_t kMaxV = 2147483647 - 1;
 //   threads). The single pass (ForwardParams::grad) runs the row kernel
 //   whatever the gate, staged under kRowAsync.
 // The Python side defaults to kRow, the fastest measured (H100, bf16,
-// V=128256: kRow 2.88 ms, kWarp 5.32, kThread 5.69; kRowAsync not measured
-// yet, benchmarks/PERF_NOTES.md).
+// N=16384, V=128256, run 4: kRow 2.11 ms, kRowAsync 2.22, kWarp 5.32,
+// kThread 5.69; H200, run 5: kRow 1.91, kRowAsync 2.00; benchmarks/
+// PERF_NOTES.md).
 enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2, kRowAsync = 3 };
 
 // Launch shape of the single-pass forward: threads per block (a power of
