@@ -177,7 +177,6 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
         [&](int col0, const Pack<S>& pk) {
           constexpr int kN = Pack<S>::kN;
           Acc x[kN];
-#pragma unroll
           unpack<D>(pk, x);
           if constexpr (!std::is_same<Acc, float>::value) {
             // float64: two columns per pack gain nothing from the gate, and
