@@ -53,7 +53,7 @@ def _calls(backend: str, single_pass: bool, x, y, fb, n: int):
     return prof
 
 
-def _summarise(prof, n: int) -> dict:
+def _summarise(prof) -> dict:
     events = [e for e in prof.events()]
     calls = sorted((e for e in events if e.name.startswith("loss_call_")), key=lambda e: e.time_range.start)
     # The record_function ranges also appear on the device timeline (as GPU
@@ -97,7 +97,7 @@ def main() -> int:
         for single_pass in (False, True):
             try:
                 prof = _calls(backend, single_pass, x, y, fb, args.calls)
-                s = _summarise(prof, args.calls)
+                s = _summarise(prof)
             except Exception as err:  # a backend that fails is a line, not a lost step
                 print(f"{backend:>8} {'single-pass' if single_pass else 'two-pass':>12} failed: "
                       f"{type(err).__name__}: {err}")

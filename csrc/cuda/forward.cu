@@ -576,8 +576,8 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
           if (q0 + u * T < hi) pk[u] = body[q0 + u * T];
         }
       }
-      // Pack u of this round (kStaged: one 16-byte shared load, not one a
-      // column) and its column e.
+      // Pack u of this round (kStaged: one 16-byte shared load where a whole
+      // pack is used, not one a column) and its column e alone.
       auto pack = [&](int u) -> Pack<S> {
         if constexpr (kStaged) {
           return half[u * T];
@@ -585,7 +585,13 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
           return pk[u];
         }
       };
-      auto elem = [&](int u, int e) -> S { return pack(u).v[e]; };
+      auto elem = [&](int u, int e) -> S {
+        if constexpr (kStaged) {
+          return half[u * T].v[e];
+        } else {
+          return pk[u].v[e];
+        }
+      };
       Acc pmax[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -625,10 +631,12 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         if (q0 + u * T < hi && (pmax[u] >= thr || nan_seen)) {
+          Acc x[kN];
+          unpack<D>(pack(u), x);
 #pragma unroll
           for (int e = 0; e < kN; ++e) {
             const int col = head + (q0 + u * T) * kN + e;
-            if (col != yc && topk_key(Ty::load(elem(u, e))) >= thr) pending |= 1u << (u * kN + e);
+            if (col != yc && topk_key(x[e]) >= thr) pending |= 1u << (u * kN + e);
           }
         }
       }
