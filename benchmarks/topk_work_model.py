@@ -14,7 +14,11 @@ random rows in exactly the kernels' column order and counts what each does:
   above the row's k-th key go to a 1024-entry buffer, merged by one warp
   when a round overflows it or fills its entry 128, and at the end of the
   row; ``row-eager`` is the same with a merge after every round that
-  offered anything (the kernel until 2026-11-27).
+  offered anything (the kernel until 2026-11-27); ``row-unseeded`` starts
+  round 0 at threshold -inf, so it offers every column of that round (the
+  kernel until 2026-11-28, when round 0 got a seed threshold: per warp the
+  ``ceil((k+1)/8)``-th largest of the lanes' maxima over their round-0
+  columns, the smallest of those over the warps, then a merge).
 
 Usage: ``python benchmarks/topk_work_model.py [--V 128256] [--k 5] [--rows 4]``
 (bf16: 8 columns per pack). Prints the averages per row; PERF_NOTES.md quotes
@@ -59,11 +63,26 @@ def thread_lists(x, k, per_pack, warp_gate):
     return dict(slow_packs=slow / n_packs, insertions=insertions)
 
 
-def row_threshold(x, k, per_pack, lazy=True):
+def round0_seed(chunk, k, per_pack):
+    """The kernel's seed threshold of round 0 (forward.cu, round0_seed): at
+    least k + 1 disjoint thread units hold a column at or above it."""
+    warps = THREADS // 32
+    j = -(-(k + 1) // warps)
+    if j > 32:
+        return -np.inf
+    packs = np.full((UNROLL * THREADS, per_pack), -np.inf, dtype=chunk.dtype)
+    packs.reshape(-1)[:chunk.size] = chunk
+    # Pack q = u * THREADS + t belongs to thread t.
+    unit = packs.max(axis=1).reshape(UNROLL, THREADS).max(axis=0)
+    return min(np.sort(unit[w * 32:(w + 1) * 32])[::-1][j - 1] for w in range(warps))
+
+
+def row_threshold(x, k, per_pack, lazy=True, seeded=True):
     """The row gate. ``lazy`` (the kernel now): the buffer is merged only when
     a round's candidates overflow it or fill entry MERGE_AT, and once at
     the end of the row; else (before) after every round that offered
-    anything."""
+    anything. ``seeded``: round 0 starts at the seed threshold and ends
+    with a merge."""
     per_round = THREADS * UNROLL * per_pack
     best = np.full(k, -np.inf)
     buffered = np.empty(0, dtype=x.dtype)
@@ -77,7 +96,8 @@ def row_threshold(x, k, per_pack, lazy=True):
 
     for start in range(0, x.size, per_round):
         chunk = x[start:start + per_round]
-        pending = chunk[chunk >= best[-1]]
+        seed = round0_seed(chunk, k, per_pack) if seeded and start == 0 else -np.inf
+        pending = chunk[chunk >= max(best[-1], seed)]
         if pending.size:
             rounds_with_work += 1
         while pending.size:
@@ -85,7 +105,7 @@ def row_threshold(x, k, per_pack, lazy=True):
             take, pending = pending[:room], pending[room:]
             offered += take.size
             buffered = np.concatenate([buffered, take])
-            if pending.size or not lazy or buffered.size > MERGE_AT:
+            if pending.size or not lazy or buffered.size > MERGE_AT or (seeded and start == 0):
                 merge()
                 pending = pending[pending >= best[-1]]
     if buffered.size:
@@ -103,13 +123,14 @@ def main() -> int:
     per_pack = 8
     V = args.V - args.V % per_pack
     rng = np.random.default_rng(0)
-    results = {"thread": [], "warp": [], "row": [], "row-eager": []}
+    results = {"thread": [], "warp": [], "row": [], "row-unseeded": [], "row-eager": []}
     for _ in range(args.rows):
         x = (rng.standard_normal(V) * 2).astype(np.float32)
         results["thread"].append(thread_lists(x, args.k, per_pack, warp_gate=False))
         results["warp"].append(thread_lists(x, args.k, per_pack, warp_gate=True))
         results["row"].append(row_threshold(x, args.k, per_pack))
-        results["row-eager"].append(row_threshold(x, args.k, per_pack, lazy=False))
+        results["row-unseeded"].append(row_threshold(x, args.k, per_pack, seeded=False))
+        results["row-eager"].append(row_threshold(x, args.k, per_pack, lazy=False, seeded=False))
     print(f"V={V} k={args.k}, {THREADS} threads, {per_pack} columns per pack, mean of {args.rows} random rows:")
     for name, rows in results.items():
         mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}

@@ -265,6 +265,91 @@ def test_gates_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
     check_forward(kern, *adversarial_topk_rows(V, dtype, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
+def seed_rows(V, k, dtype, device, threads=256, unroll=4):
+    """Rows aimed at round 0's seed threshold (csrc/cuda/forward.cu,
+    round0_seed), with targets and uniforms.
+
+    The row-threshold kernel gives pack ``q`` of round 0 to thread
+    ``q % threads``; a thread's unit is its max over its packs there, and
+    the seed is the smallest over the 8 warps of each warp's j-th largest
+    unit, ``j = ceil((k_eff + 1) / 8)``. Rows (``-inf`` unless said):
+    0, j hot units in every warp, distinct values, the target the lowest of
+    them (for k_eff + 1 = 8j the bound is exact: k_eff non-target columns
+    reach it); 1, j - 1 high units and one low one in every warp, the
+    target the highest (for k_eff = 8m a seed one unit short per warp
+    misses the k_eff-th candidate); 2, as 1 with one warp a unit short (no
+    finite seed); 3, the whole top-k inside one
+    thread's columns, random elsewhere; 4, every unit's max tied at one
+    value, random below (every candidate equals the seed: the column order
+    decides); 5, a NaN in a thread that is otherwise low; 6, hot units in
+    one warp only, random (lower) elsewhere. Rows 0-2 draw with u just
+    below 1, so they sample the k_eff-th candidate, the one a seed set too
+    high would lose. The rows are padded to 16 bytes so that column 0
+    starts a pack.
+    """
+    per_pack = 16 // torch.empty((), dtype=dtype).element_size()
+    Vp = -(-V // per_pack) * per_pack
+    slots = unroll * per_pack
+    k_eff = min(k, V - 1)
+    j = -(-(k_eff + 1) // (threads // 32))
+    g = torch.Generator().manual_seed(V * 131 + k)
+
+    def col(thread, slot):  # slot-th column of `thread` in round 0
+        return ((slot // per_pack) * threads + thread) * per_pack + slot % per_pack
+
+    def some_threads(n, lo, hi):
+        return (lo + torch.randperm(hi - lo, generator=g)[:n]).tolist()
+
+    def slot():
+        return int(torch.randint(0, slots, (1,), generator=g))
+
+    x = torch.full((1, 7, Vp), float("-inf"), dtype=torch.float64)
+    target = torch.randint(0, V, (7,), generator=g)
+    hot = [col(t, slot()) for w in range(threads // 32) for t in some_threads(j, 32 * w, 32 * w + 32)]
+    # Distinct and exact in every dtype (bfloat16 has steps of 1/128 in
+    # [1, 2) and 1/64 in [2, 4); at most 72 hot units), close enough that
+    # the k_eff-th candidate keeps a fair share of the draw.
+    values = 1.0 + torch.randperm(len(hot), generator=g).double() / 128
+    x[0, 0, hot] = values
+    target[0] = hot[int(values.argmin())]
+    # Rows 1 and 2: in every warp j - 1 high units and one low one, so that
+    # exactly the high ones reach a seed taken one unit short per warp.
+    low = torch.arange(len(hot)) % j == j - 1
+    layered = torch.where(low, 0.0, 0.5) + 1.0 + torch.randperm(len(hot), generator=g).double() / 256
+    x[0, 1, hot] = layered
+    x[0, 2, hot] = layered
+    x[0, 2, hot[0]] = float("-inf")
+    target[1] = hot[int(layered.argmax())]
+    target[2] = hot[int(layered[1:].argmax()) + 1]
+    x[0, 3] = torch.randn(Vp, generator=g, dtype=torch.float64)
+    top = min(k_eff + 1, slots)
+    x[0, 3, [col(5, s) for s in range(top)]] = 10.0 + torch.arange(top, dtype=torch.float64)
+    x[0, 4] = torch.rand(Vp, generator=g, dtype=torch.float64) - 1.0
+    x[0, 4, [col(t, slot()) for t in range(threads)]] = 0.5
+    x[0, 5] = torch.randn(Vp, generator=g, dtype=torch.float64)
+    x[0, 5, col(7, slot())] = float("nan")
+    x[0, 6] = torch.randn(Vp, generator=g, dtype=torch.float64) - 10.0
+    x[0, 6, [col(t, slot()) for t in some_threads(min(k_eff + 1, 32), 64, 96)]] = 3.0
+    u = torch.rand(7, generator=g)
+    u[:3] = 1.0 - 2.0 ** -20
+    return x.to(dtype).to(device)[..., :V], target.to(device), u.to(device)
+
+
+@pytest.mark.parametrize("gate", ["row", "row-async"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V,k", [(9000, 1), (9000, 7), (9000, 8), (9000, 16), (9000, 63), (9000, 64), (70001, 5)])
+def test_round0_seed_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
+    """Round 0 starts from a seed threshold instead of -inf: rows where the
+    bound is exact, not finite, tied with every candidate, or built around
+    one thread or one warp (seed_rows) give the reference's samples, with
+    1 to 8 units taken per warp. One block per row."""
+    if V == 70001 and dtype != torch.bfloat16:
+        pytest.skip("one dtype is enough for the second row length")
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "1")
+    check_forward(kern, *seed_rows(V, k, dtype, kern.dev), k, rtol=2e-5, atol=2e-6)
+
+
 def test_bad_gate_name_is_a_clear_error(kern, monkeypatch):
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
     x = random_logits((1, 2, 10), torch.float32, kern.dev)

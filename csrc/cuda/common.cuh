@@ -182,6 +182,46 @@ __device__ __forceinline__ int ordered_int(float f) {
   return i >= 0 ? i : i ^ 0x7fffffff;
 }
 
+__device__ __forceinline__ long long ordered_int(double d) {
+  const long long i = __double_as_longlong(d);
+  return i >= 0 ? i : i ^ 0x7fffffffffffffffLL;
+}
+
+// The inverse of ordered_int.
+template <class Acc>
+__device__ __forceinline__ Acc from_ordered_int(int i) {
+  static_assert(sizeof(Acc) == 4, "float keys map to int");
+  return __int_as_float(i >= 0 ? i : i ^ 0x7fffffff);
+}
+template <class Acc>
+__device__ __forceinline__ Acc from_ordered_int(long long i) {
+  static_assert(sizeof(Acc) == 8, "double keys map to long long");
+  return __longlong_as_double(i >= 0 ? i : i ^ 0x7fffffffffffffffLL);
+}
+
+// The largest v over the full warp: one redux.sync on sm_80+, a butterfly
+// of shuffles otherwise (and for 64-bit v).
+__device__ __forceinline__ int warp_max_int(int v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(0xffffffffu, v);
+#else
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const int o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = o > v ? o : v;
+  }
+  return v;
+#endif
+}
+__device__ __forceinline__ long long warp_max_int(long long v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const long long o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
 // The largest v among the lanes of this warp that execute this call together
 // (one redux.sync on sm_80+; only the caller's own v before sm_80). Safe in
 // divergent code: lanes outside __activemask() are neither waited for nor read.

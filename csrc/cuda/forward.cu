@@ -20,6 +20,7 @@
 // outputs. Offsets of rows are int64; columns inside a row are int32
 // (V < 2^31).
 #include <climits>
+#include <limits>
 #include <type_traits>
 
 #include "common.cuh"
@@ -274,8 +275,10 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
 // of the round in a 32-bit mask), so a row of ties takes several passes but
 // stays exact.
 
-// Candidate buffer entries: round 0 offers every column (threshold -inf),
-// 8192 for 16-bit types, which then fits in about two passes.
+// Candidate buffer entries. Round 0 starts from a seed threshold
+// (round0_seed), so it offers a few dozen columns at V = 128256, k = 5;
+// without the seed it offered every column of the round (8192 for 16-bit
+// types) and merged a full buffer, ~7% of the row's instructions.
 constexpr int kBufferSlots = 1024;
 // Buffered candidates at which a round merges even without an overflow
 // (benchmarks/topk_work_model.py: at V = 128256, k = 5 about 3 merges a row
@@ -353,14 +356,52 @@ __device__ __forceinline__ int reserve_slots(int* count, int want, int lane) {
   return __shfl_sync(0xffffffffu, base, 31) + incl - want;
 }
 
+// A lower bound of the k_eff-th largest non-target key of the row (or
+// piece), from each thread's `unit`: the max of the columns it has read so
+// far (NaN ignored), the threads' columns being disjoint. Each warp takes the j-th largest of its lanes' units, j =
+// ceil((k_eff + 1) / warps), and the block the smallest of those: then at
+// least k_eff + 1 disjoint units hold a column at or above the seed, and at
+// most one of them holds the target column, so k_eff non-target columns
+// reach it. A column below the seed can never enter the top-k, so round 0
+// offers only the columns at or above it (a few dozen instead of the whole
+// round). -inf when the warps cannot hold k_eff + 1 units. One barrier;
+// `warp_seed` is free again after the caller's next one.
+template <class Acc, class Key>
+__device__ __forceinline__ Acc round0_seed(Acc unit, int k_eff, int lane, Key* warp_seed) {
+  const int nwarps = blockDim.x >> 5;  // a power of two, at least 32 threads
+  const int j = (k_eff + nwarps) / nwarps;
+  // On order-preserving ints (for float one redux.sync a step on sm_80+,
+  // and few registers: the plain kernel has none to spare under its 64); a
+  // removed lane holds the type's minimum, below every key.
+  const Key floor = ordered_int(neg_inf<Acc>());
+  const Key removed = std::numeric_limits<Key>::min();
+  Key v = unit == unit ? ordered_int(unit) : floor;
+  Key m = floor;
+  if (j <= 32) {
+    for (int r = 0; r < j; ++r) {
+      m = warp_max_int(v);
+      // The lowest lane holding the maximum drops out; ties count once each.
+      const unsigned holders = __ballot_sync(0xffffffffu, v == m);
+      if (((holders >> lane) & 1u) && (holders & ((1u << lane) - 1u)) == 0u) v = removed;
+    }
+    m = m > floor ? m : floor;
+  }
+  if (lane == 0) warp_seed[threadIdx.x >> 5] = m;
+  __syncthreads();
+  Key seed = warp_seed[0];
+  for (int w = 1; w < nwarps; ++w) seed = warp_seed[w] < seed ? warp_seed[w] : seed;
+  return from_ordered_int<Acc>(seed);
+}
+
 // Offers this thread's pending candidates of a round to the buffer, merging
-// only while some do not fit or the buffer is past kMergeAt (the rest wait
-// for finish_offers). Bit b of
+// only while some do not fit, the buffer is past kMergeAt or `merge_now`
+// asks for one merge (the rest wait for finish_offers). Bit b of
 // `pending` stands for candidate b, whose (key, column) is key_col(b); kBits
 // is a constant so that the loops unroll and the round's registers are
 // never indexed at run time. One barrier when everything fits.
 template <int kBits, class Acc, class KeyCol>
-__device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, int k_eff, int lane, KeyCol key_col) {
+__device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, int k_eff, int lane, KeyCol key_col,
+                                            bool merge_now = false) {
   for (;;) {
     // Most warps offer nothing in most rounds: skip the scan's shuffles.
     const int want = __popc(pending);
@@ -386,9 +427,10 @@ __device__ __forceinline__ void offer_round(RowTopK<Acc>& sh, uint32_t pending, 
         }
       }
     }
-    if (!__syncthreads_or(pending != 0 || deep)) return;
+    if (!__syncthreads_or(pending != 0 || deep || merge_now)) return;
     if ((threadIdx.x >> 5) == 0) merge_candidates(sh, k_eff, lane);
     __syncthreads();
+    merge_now = false;
     // What the raised threshold rules out is dropped, the rest offered again.
     const Acc thr = sh.threshold;
     if (pending != 0) {
@@ -462,6 +504,7 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
   __shared__ Acc warp_m[32];
   __shared__ Acc warp_s[32];
   __shared__ Acc row_lse;  // kWithGrad: the row's lse for every thread
+  __shared__ decltype(ordered_int(Acc(0))) warp_seed[32];  // round0_seed
   // Dynamic shared memory: kStaged, two rounds of packs (the one being read
   // and the next, in flight); then, kWithGrad, the row's first cache_packs
   // packs.
@@ -625,25 +668,48 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
       // The columns of this round that may enter the top-k. The pack max
       // includes the target column, so the gate opens too often, never too
       // rarely; a NaN (key +inf) has turned s NaN and opens every pack.
-      const Acc thr = sh.threshold;
-      const bool nan_seen = st.s != st.s;
-      uint32_t pending = 0;
+      Acc thr = sh.threshold;
+      // Bit u * kN + e: column e of pack u is at or above thr (the target
+      // excluded); only the packs `open` lets through are unpacked again.
+      auto gated = [&](Acc t, auto open) {
+        uint32_t bits = 0;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (q0 + u * T < hi && (pmax[u] >= thr || nan_seen)) {
-          Acc x[kN];
-          unpack<D>(pack(u), x);
+        for (int u = 0; u < kUnroll; ++u) {
+          if (q0 + u * T < hi && open(u)) {
+            Acc x[kN];
+            unpack<D>(pack(u), x);
 #pragma unroll
-          for (int e = 0; e < kN; ++e) {
-            const int col = head + (q0 + u * T) * kN + e;
-            if (col != yc && topk_key(x[e]) >= thr) pending |= 1u << (u * kN + e);
+            for (int e = 0; e < kN; ++e) {
+              const int col = head + (q0 + u * T) * kN + e;
+              if (col != yc && topk_key(x[e]) >= t) bits |= 1u << (u * kN + e);
+            }
           }
         }
+        return bits;
+      };
+      uint32_t pending;
+      if (r == 0) {
+        // Round 0 starts from its seed and ends with a merge, which sets
+        // the threshold to the round's k_eff-th key for the rounds after.
+        // A thread's unit is its running max: the max of its columns so far
+        // (round 0 and the head/tail ones), NaN ignored. The round's packs
+        // are checked column by column, so the pack maxima are dead here
+        // (under the 64-register cap of the plain kernel they spilled).
+        const Acc seed = round0_seed(st.m, k_eff, lane, warp_seed);
+        if (seed > thr) thr = seed;
+        if (threadIdx.x == 0) sh.threshold = thr;  // read again only after offer_round's barrier
+        pending = gated(thr, [](int) { return true; });
+      } else {
+        const bool nan_seen = st.s != st.s;
+        pending = gated(thr, [&](int u) { return pmax[u] >= thr || nan_seen; });
       }
-      offer_round<kRoundBits>(sh, pending, k_eff, lane, [&](int b, Acc& key, int& col) {
-        key = topk_key(Ty::load(elem(b / kN, b % kN)));
-        col = head + (q0 + (b / kN) * T) * kN + b % kN;
-      });
+      offer_round<kRoundBits>(
+          sh, pending, k_eff, lane,
+          [&](int b, Acc& key, int& col) {
+            key = topk_key(Ty::load(elem(b / kN, b % kN)));
+            col = head + (q0 + (b / kN) * T) * kN + b % kN;
+          },
+          r == 0);
     }
     if (k_eff > 0) finish_offers(sh, k_eff, lane);
 
@@ -655,6 +721,9 @@ __global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, r
         reinterpret_cast<Acc*>(ws + layout.s)[item] = st.s;
         Acc* keys = reinterpret_cast<Acc*>(ws + layout.keys) + item * k_eff;
         int* cols = reinterpret_cast<int*>(ws + layout.cols) + item * k_eff;
+        // Not unrolled: the unrolled loop kept an offset live across the
+        // whole row, which spilled (sm_90, float32) once round 0 took the seed.
+#pragma unroll 1
         for (int j = 0; j < k_eff; ++j) {  // a short piece may hold fewer than k_eff
           keys[j] = j < sh.list_n ? sh.list_keys[sel][j] : neg_inf<Acc>();
           cols[j] = j < sh.list_n ? sh.list_cols[sel][j] : INT_MAX;

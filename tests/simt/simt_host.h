@@ -205,3 +205,5 @@ inline float __expf(float x) { return std::exp(x); }
 inline int __float_as_int(float f) { return ::simt::from_bits<int>(::simt::to_bits(f)); }
 inline float __int_as_float(int i) { return ::simt::from_bits<float>(::simt::to_bits(i)); }
 inline float __uint_as_float(unsigned u) { return ::simt::from_bits<float>(::simt::to_bits(u)); }
+inline long long __double_as_longlong(double d) { return ::simt::from_bits<long long>(::simt::to_bits(d)); }
+inline double __longlong_as_double(long long i) { return ::simt::from_bits<double>(::simt::to_bits(i)); }
