@@ -209,31 +209,32 @@ def adversarial_topk_rows(V, dtype=torch.float32, device="cpu"):
     return x.to(dtype).to(device), target.to(device), torch.rand(6, generator=g).to(device)
 
 
-def check_single_pass_completion(be, dtype, V, k, device="cpu", block_v=None):
+def check_single_pass_completion(be, dtype, V, k, device="cpu", block_v=None, batch=2, seq=5):
     """The single pass at kernel level, against the same backend's two passes.
 
     ``be.forward_with_grad`` must give the statistics of ``be.forward`` (to
     rounding: another launch shape may sum in another order), and for the
     guessed, another and a zero ``grad_lse`` the completed gradient must be
-    the two-pass gradient bit for bit. Rows: ignored, a target out of range
-    (left to the backward), strided logits.
+    the two-pass gradient bit for bit. Rows (``batch * (seq - 1)``): ignored,
+    a target out of range (left to the backward), strided logits.
     """
     from cringe_kernels.backends.base import stats_dtype
 
-    x = random_logits((2, 5, V), dtype, device, seed=V)[:, :-1]
-    y = random_target((2, 4), V, device).reshape(-1)
+    n = batch * (seq - 1)
+    x = random_logits((batch, seq, V), dtype, device, seed=V)[:, :-1]
+    y = random_target((batch, seq - 1), V, device).reshape(-1)
     y[3] = V + 5  # out of range (value checks are the loss's; the kernels must cope)
-    u = torch.rand(8, generator=torch.Generator().manual_seed(V)).to(device)
+    u = torch.rand(n, generator=torch.Generator().manual_seed(V)).to(device)
     sd = stats_dtype(dtype)
     g = torch.Generator().manual_seed(V)
-    weight = torch.where(torch.rand(8, generator=g) < 0.5, 0.125, 0.0).to(sd).to(device)
+    weight = torch.where(torch.rand(n, generator=g) < 0.5, 0.125, 0.0).to(sd).to(device)
     stats, grad = be.forward_with_grad(x, y, u, k, -100, weight)
     assert grad is not None, f"backend {be.name!r} has no single pass"
     ref = be.forward(x, y, u, k, -100)
     for name in ("lse", "target_logit", "sample_logit", "sample_index"):
         torch.testing.assert_close(getattr(stats, name), getattr(ref, name), rtol=2e-6, atol=1e-6, equal_nan=True)
-    gt, gs = (torch.randn(8, generator=g).to(sd).to(device) for _ in range(2))
-    other = torch.where(torch.arange(8) % 3 == 0, 0.5, 0.125).to(sd).to(device)
+    gt, gs = (torch.randn(n, generator=g).to(sd).to(device) for _ in range(2))
+    other = torch.where(torch.arange(n) % 3 == 0, 0.5, 0.125).to(sd).to(device)
     for grad_lse in (weight, other, torch.zeros_like(weight)):
         got = be.backward_with_grad(grad.clone(), x, y, stats.sample_index, stats.lse, weight, grad_lse, gt, gs, -100)
         want = be.backward(x, y, stats.sample_index, stats.lse, grad_lse, gt, gs, -100, False)

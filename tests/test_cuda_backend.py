@@ -400,6 +400,18 @@ def test_single_pass_backward_equals_two_pass(kern, dtype, V, k):
                                  kern.dev)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [40, 1001])
+def test_single_pass_completion_with_many_rows_a_block(kern, dtype, V):
+    """The completion after a single pass takes several rows a block (one
+    thread each: complete_kernel, sized to about one wave), and rewrites in
+    full, block-wide, the rows whose grad_lse is not the guess: with 472
+    rows the simulator's blocks hold 3 to 10 rows of every kind (guessed,
+    not guessed, ignored, out of range)."""
+    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, V, 5,
+                                 kern.dev, batch=8, seq=60)
+
+
 def test_single_pass_second_backward_leaves_the_first_alone(kern):
     x = random_logits((2, 3, 300), torch.float32, kern.dev).requires_grad_(True)
     y = random_target((2, 3), 300, kern.dev)

@@ -3,8 +3,8 @@
 // One block per row, or per piece of a row (launch.h, RowSplit); one read
 // and one write of the row (row_grad.cuh). After a forward that wrote the
 // gradient (p.lse_weight set), a row whose g_lse is the forward's guess only
-// needs its target and sampled columns: two elements instead of the row,
-// written by its piece 0.
+// needs its target and sampled columns: two elements instead of the row
+// (complete_kernel, or piece 0 of the row when rows are split).
 #include <climits>
 
 #include "common.cuh"
@@ -17,6 +17,49 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The row's coefficients, or `zero` for an ignored row.
+template <class Acc>
+__device__ __forceinline__ RowGrad<Acc> row_coefficients(const BackwardParams& p, int64_t i, int V) {
+  const int64_t y = p.target[i];
+  RowGrad<Acc> g{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, y == p.ignore_index};
+  if (!g.zero) {
+    g.lse = static_cast<const Acc*>(p.lse)[i];
+    g.g_lse = static_cast<const Acc*>(p.grad_lse)[i];
+    g.g_t = static_cast<const Acc*>(p.grad_target)[i];
+    g.g_s = static_cast<const Acc*>(p.grad_sample)[i];
+    const int64_t s = p.sample_index[i];
+    g.y = (y >= 0 && y < V) ? static_cast<int>(y) : -1;
+    g.s = (s >= 0 && s < V) ? static_cast<int>(s) : -1;
+  }
+  return g;
+}
+
+// After a forward that wrote the gradient (p.lse_weight set): true when row
+// i needs nothing more than what this call did, i.e. it is ignored (the
+// forward wrote its zeros) or its g_lse is the forward's guess, so only the
+// target and sampled columns change; each is rewritten, its sparse terms
+// added and rounded once (same formula and rounding as write_row_grad).
+// False: the row must be written in full.
+template <DType D>
+__device__ __forceinline__ bool complete_sparse(const BackwardParams& p, int64_t i, int V,
+                                                const RowGrad<typename Types<D>::Acc>& g) {
+  using Ty = Types<D>;
+  using S = typename Ty::S;
+  using Acc = typename Ty::Acc;
+  if (g.zero) return true;
+  if (g.y < 0 || g.g_lse != static_cast<const Acc*>(p.lse_weight)[i]) return false;
+  const S* in = logits_row<S>(p, i);
+  S* out = static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t;
+  const FastExp ex;
+  Acc dy = g.g_lse * ex(Ty::load(in[g.y]) - g.lse) + g.g_t;
+  if (g.s == g.y) dy += g.g_s;
+  out[g.y] = Ty::store(dy);
+  if (g.s >= 0 && g.s != g.y) out[g.s] = Ty::store(g.g_lse * ex(Ty::load(in[g.s]) - g.lse) + g.g_s);
+  return true;
+}
+
+// One block per row, or per piece of a row; after a single-pass forward
+// only with pieces > 1 (few rows), else complete_kernel.
 template <DType D>
 __global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardParams p, const int pieces) {
   using Ty = Types<D>;
@@ -24,39 +67,59 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardParams
   using Acc = typename Ty::Acc;
   const int V = static_cast<int>(p.V);
   const int64_t N = p.B * p.T;
-  const Acc* lse_weight = static_cast<const Acc*>(p.lse_weight);
 
   for (int64_t item = blockIdx.x; item < N * pieces; item += gridDim.x) {
     const int64_t i = item / pieces;
     const int piece = static_cast<int>(item % pieces);
-    const int64_t b = i / p.T, t = i % p.T;
-    const S* in = logits_row<S>(p, i);
-    S* out = static_cast<S*>(p.grad) + b * p.grad_stride_b + t * p.grad_stride_t;
-    const int64_t y = p.target[i];
-    RowGrad<Acc> g{Acc(0), Acc(0), Acc(0), Acc(0), -1, -1, y == p.ignore_index};
-    if (g.zero && lse_weight != nullptr) continue;  // the forward wrote the zeros
-    if (!g.zero) {
-      g.lse = static_cast<const Acc*>(p.lse)[i];
-      g.g_lse = static_cast<const Acc*>(p.grad_lse)[i];
-      g.g_t = static_cast<const Acc*>(p.grad_target)[i];
-      g.g_s = static_cast<const Acc*>(p.grad_sample)[i];
-      const int64_t s = p.sample_index[i];
-      g.y = (y >= 0 && y < V) ? static_cast<int>(y) : -1;
-      g.s = (s >= 0 && s < V) ? static_cast<int>(s) : -1;
-      // The forward wrote g_lse * exp(x - lse) everywhere (same formula,
-      // same rounding): add the two sparse terms, each rounded once.
-      if (lse_weight != nullptr && g.y >= 0 && g.g_lse == lse_weight[i]) {
-        if (piece == 0 && threadIdx.x == 0) {
-          const FastExp ex;
-          Acc dy = g.g_lse * ex(Ty::load(in[g.y]) - g.lse) + g.g_t;
-          if (g.s == g.y) dy += g.g_s;
-          out[g.y] = Ty::store(dy);
-          if (g.s >= 0 && g.s != g.y) out[g.s] = Ty::store(g.g_lse * ex(Ty::load(in[g.s]) - g.lse) + g.g_s);
-        }
+    const RowGrad<Acc> g = row_coefficients<Acc>(p, i, V);
+    if (p.lse_weight != nullptr) {
+      // Whether the row is done is the same for every thread: piece 0's
+      // thread 0 writes the two columns, the others only need the answer.
+      const bool done = g.zero || (g.y >= 0 && g.g_lse == static_cast<const Acc*>(p.lse_weight)[i]);
+      if (done) {
+        if (piece == 0 && threadIdx.x == 0) complete_sparse<D>(p, i, V, g);
         continue;
       }
     }
-    write_row_grad<D>(in, out, V, g, piece, pieces);
+    S* out = static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t;
+    write_row_grad<D>(logits_row<S>(p, i), out, V, g, piece, pieces);
+  }
+}
+
+// Completes the single pass's gradient (p.lse_weight set, one piece a
+// row): a block takes `rows` consecutive rows, one thread each, and writes
+// the two columns of every row the forward's guess fits; the rows it does
+// not fit (an upstream gradient other than the guess) the whole block
+// then writes in full, one after another. With one block per row instead,
+// the usual case of two columns a row cost ~16 waves of blocks that did
+// nothing but look (49 us on an H100 at N = 16384, against a few us);
+// `rows` is sized so that the grid is about one full wave either way.
+template <DType D>
+__global__ void __launch_bounds__(kThreads) complete_kernel(const BackwardParams p, const int rows) {
+  using Ty = Types<D>;
+  using S = typename Ty::S;
+  using Acc = typename Ty::Acc;
+  __shared__ int redo[kThreads];
+  __shared__ int n_redo;
+  const int V = static_cast<int>(p.V);
+  const int64_t N = p.B * p.T;
+
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * rows; first < N;
+       first += static_cast<int64_t>(gridDim.x) * rows) {
+    if (threadIdx.x == 0) n_redo = 0;
+    __syncthreads();
+    const int64_t i = first + threadIdx.x;
+    if (threadIdx.x < rows && i < N && !complete_sparse<D>(p, i, V, row_coefficients<Acc>(p, i, V))) {
+      redo[atomicAdd(&n_redo, 1)] = threadIdx.x;  // in any order: rows are independent
+    }
+    __syncthreads();
+    const int n = n_redo;
+    for (int r = 0; r < n; ++r) {
+      const int64_t row = first + redo[r];
+      S* out = static_cast<S*>(p.grad) + (row / p.T) * p.grad_stride_b + (row % p.T) * p.grad_stride_t;
+      write_row_grad<D>(logits_row<S>(p, row), out, V, row_coefficients<Acc>(p, row, V));
+    }
+    __syncthreads();  // n_redo and redo are reused
   }
 }
 
@@ -64,7 +127,23 @@ template <DType D>
 cudaError_t launch(const BackwardParams& p, int pieces, cudaStream_t stream) {
   using S = typename Types<D>::S;
   const int threads = threads_for(kThreads, (p.V + Pack<S>::kN - 1) / Pack<S>::kN / pieces);
-  const int64_t items = p.B * p.T * pieces;
+  const int64_t N = p.B * p.T;
+  if (p.lse_weight != nullptr && pieces == 1) {
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    // About one wave of 2048 threads per SM (fewer threads for short rows,
+    // the block still checks up to `threads` rows at once).
+    const int64_t wave = static_cast<int64_t>(sms) * (2048 / threads);
+    int64_t rows = (N + wave - 1) / wave;
+    if (rows > threads) rows = threads;
+    const int64_t blocks = (N + rows - 1) / rows;
+    const unsigned grid = static_cast<unsigned>(blocks < INT_MAX ? blocks : INT_MAX);
+    CRINGE_LAUNCH(grid, threads, 0, stream, complete_kernel<D>)(p, static_cast<int>(rows));
+    return cudaGetLastError();
+  }
+  const int64_t items = N * pieces;
   const unsigned grid = static_cast<unsigned>(items < INT_MAX ? items : INT_MAX);
   CRINGE_LAUNCH(grid, threads, 0, stream, backward_kernel<D>)(p, pieces);
   return cudaGetLastError();
