@@ -73,6 +73,7 @@ def main() -> int:
     import triton
 
     from cringe_kernels.backends import triton_kernels as tk
+    from cringe_kernels.backends import triton_backend as tb
     from cringe_kernels.backends.base import stats_dtype
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -159,12 +160,17 @@ def main() -> int:
 
     def triton_bwd(n, block, warps, single_pass=False):
         # single_pass: complete the gradient fwd_grad wrote (grads[0] is its guess: two columns a row).
-        dst = single_t if single_pass else out
+        by_hand = dev.type == "cpu" and dtype == torch.bfloat16  # the interpreter, like fwd_grad
+        if single_pass:
+            rows = tb._COMPLETE_ROWS
+            tk.row_stats_complete_kernel[(triton.cdiv(n, rows),)](
+                x, single_t, target, sidx, lse, *grads, grads[0], n, n, V, x.stride(0), x.stride(1),
+                single_t.stride(0), single_t.stride(1), -100, ACC=acc_tl, ROWS=rows, BLOCK=block,
+                BF16_BY_HAND=by_hand, num_warps=warps)
+            return
         tk.row_stats_bwd_kernel[(n, triton.cdiv(V, block))](
-            x, dst, target, sidx, lse, *grads, n, V, x.stride(0), x.stride(1), dst.stride(0), dst.stride(1),
-            -100, grads[0] if single_pass else lse, ACC=acc_tl, BLOCK=block,
-            BF16_BY_HAND=dev.type == "cpu" and dtype == torch.bfloat16,  # the interpreter, like fwd_grad
-            SINGLE_PASS=single_pass, num_warps=warps)
+            x, out, target, sidx, lse, *grads, n, V, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            -100, ACC=acc_tl, BLOCK=block, BF16_BY_HAND=by_hand, num_warps=warps)
 
     for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
         try:
@@ -180,7 +186,7 @@ def main() -> int:
         triton_bwd(N, 8192, 8, single_pass=True)
         triton_bwd(N, 8192, 8)
         exact = torch.equal(single_t, out)
-        record("triton-bwd-sparse", "BLOCK=8192 warps=8 (2 columns a row)",
+        record("triton-bwd-sparse", f"ROWS={tb._COMPLETE_ROWS} warps=8 (2 columns a row)",
                bench(lambda: triton_bwd(N, 8192, 8, single_pass=True)), 0)
         rows[-1]["agrees"] = exact
         print(f"triton single pass: completed gradient == two-pass gradient: {exact}")

@@ -51,6 +51,9 @@ MAX_KERNEL_K = 256
 # tune.csv): 8192/8 2.93 ms, 2048/4 2.95 ms, 4096/8 (the first default)
 # 3.62 ms, 8192/16 3.65 ms.
 _BWD_BLOCK = 8192
+# Rows a program of the single pass's completion: N = 16384 gives 1024
+# programs, a few waves on an H100, also when every row is written in full.
+_COMPLETE_ROWS = 16
 
 
 def _fwd_config(V: int, k: int) -> Tuple[int, int, int]:
@@ -177,16 +180,22 @@ def _launch_backward(logits, out, target, sample_index, lse, grad_lse, grad_targ
     if N == 0 or (_interpreting() and _tracing(logits)):
         return
     block = block_v if block_v > 0 else _block(V, _BWD_BLOCK)
-    # The column blocks go on the grid's second axis, limited to 65535.
-    block = max(block, triton.next_power_of_2(triton.cdiv(V, 65535)))
-    grid = (N, triton.cdiv(V, block))
+    args = (logits, out, target, sample_index, lse, grad_lse, grad_target, grad_sample)
+    strides = (logits.stride(0), logits.stride(1), out.stride(0), out.stride(1))
+    bf16_by_hand = _interpreting() and logits.dtype == torch.bfloat16
     with _on_device(logits):
-        torch.library.wrap_triton(_k.row_stats_bwd_kernel)[grid](
-            logits, out, target, sample_index, lse, grad_lse, grad_target, grad_sample,
-            T, V, logits.stride(0), logits.stride(1), out.stride(0), out.stride(1), ignore_index,
-            lse_weight if lse_weight is not None else lse,
-            ACC=_acc(logits.dtype), BLOCK=block, BF16_BY_HAND=_interpreting() and logits.dtype == torch.bfloat16,
-            SINGLE_PASS=lse_weight is not None, num_warps=_num_warps(block),
+        if lse_weight is not None:
+            # A few waves of programs with a row vector each (see the kernel).
+            torch.library.wrap_triton(_k.row_stats_complete_kernel)[(triton.cdiv(N, _COMPLETE_ROWS),)](
+                *args, lse_weight, N, T, V, *strides, ignore_index, ACC=_acc(logits.dtype), ROWS=_COMPLETE_ROWS,
+                BLOCK=block, BF16_BY_HAND=bf16_by_hand, num_warps=_num_warps(block),
+            )
+            return
+        # The column blocks go on the grid's second axis, limited to 65535.
+        block = max(block, triton.next_power_of_2(triton.cdiv(V, 65535)))
+        torch.library.wrap_triton(_k.row_stats_bwd_kernel)[(N, triton.cdiv(V, block))](
+            *args, T, V, *strides, ignore_index, ACC=_acc(logits.dtype), BLOCK=block, BF16_BY_HAND=bf16_by_hand,
+            num_warps=_num_warps(block),
         )
 
 

@@ -302,56 +302,93 @@ def row_stats_bwd_kernel(
     out_stride_b,
     out_stride_t,
     ignore_index,
-    w_ptr,            # [N] ACC: the forward's guess (SINGLE_PASS only)
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
     BF16_BY_HAND: tl.constexpr,  # bfloat16 output under the interpreter
-    SINGLE_PASS: tl.constexpr = False,  # complete what the forward with WITH_GRAD wrote
 ):
     row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < V
+    _write_row_block(x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr, row,
+                     tl.program_id(1) * BLOCK, T, V, stride_b, stride_t, out_stride_b, out_stride_t, ignore_index,
+                     ACC, BLOCK, BF16_BY_HAND)
+
+
+@triton.jit
+def _write_row_block(x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr, row, lo, T, V,
+                     stride_b, stride_t, out_stride_b, out_stride_t, ignore_index, ACC: tl.constexpr,
+                     BLOCK: tl.constexpr, BF16_BY_HAND: tl.constexpr):
+    """The gradient of columns ``[lo, lo + BLOCK)`` of row ``row`` (a scalar)."""
+    cols = lo + tl.arange(0, BLOCK)
     base = _row_base(row, T, stride_b, stride_t)
     out_base = _row_base(row, T, out_stride_b, out_stride_t)
     y = tl.load(target_ptr + row)
-    valid = y != ignore_index
-    s_col = tl.load(sidx_ptr + row)
-    lse = tl.load(lse_ptr + row).to(ACC)
-    g_lse = tl.load(glse_ptr + row).to(ACC)
-    g_t = tl.load(gt_ptr + row).to(ACC)
-    g_s = tl.load(gs_ptr + row).to(ACC)
     # cols are in [0, V), so an out-of-range target or a -1 sample index
     # simply matches nothing.
-    c64 = cols.to(tl.int64)
-    if SINGLE_PASS:
-        # The forward wrote ignored rows (zeros) and, where g_lse is its
-        # guess, the dense term: only the target and sampled columns remain,
-        # and only in the program whose block holds them. They are a vector
-        # of two columns: a block-wide mask with two lanes set still spent a
-        # block of exp and predicated accesses per program (H100, bf16,
-        # N=16384, V=128256: 8.9 ms for the single-pass loss against 6.2 ms
-        # for the two passes, benchmarks/results/cuda-h100-3).
-        # Other rows take the full path (its loads stay 16-byte wide).
-        lse_w = tl.load(w_ptr + row).to(ACC)
-        if (y == ignore_index) | ((y >= 0) & (y < V) & (g_lse == lse_w)):
-            lo = tl.program_id(1) * BLOCK
-            two = tl.arange(0, 2)
-            special = tl.where(two == 0, y, s_col).to(tl.int64)  # the sampled column is -1 when k = 0
-            # (A scalar condition enters a mask through tl.where: the
-            # interpreter cannot use block & scalar as one.) Ignored rows
-            # (valid false) write nothing; a sampled column equal to the
-            # target is written once, with both terms.
-            once = special != tl.where(two == 0, -2, y)  # the sampled column, unless it is the target
-            here = (special >= lo) & (special < lo + BLOCK) & (special >= 0) & once
-            mine = tl.where(valid, here, two < 0)
-            _write_grad(x_ptr + base, out_ptr + out_base, special, mine, special, y, s_col, lse, g_lse, g_t, g_s,
-                        valid, ACC, BF16_BY_HAND)
-        else:
-            _write_grad(x_ptr + base, out_ptr + out_base, cols, inside, c64, y, s_col, lse, g_lse, g_t, g_s, valid,
-                        ACC, BF16_BY_HAND)
-    else:
-        _write_grad(x_ptr + base, out_ptr + out_base, cols, inside, c64, y, s_col, lse, g_lse, g_t, g_s, valid, ACC,
-                    BF16_BY_HAND)
+    _write_grad(x_ptr + base, out_ptr + out_base, cols, cols < V, cols.to(tl.int64), y, tl.load(sidx_ptr + row),
+                tl.load(lse_ptr + row).to(ACC), tl.load(glse_ptr + row).to(ACC), tl.load(gt_ptr + row).to(ACC),
+                tl.load(gs_ptr + row).to(ACC), y != ignore_index, ACC, BF16_BY_HAND)
+
+
+@triton.jit
+def row_stats_complete_kernel(
+    x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr,  # as row_stats_bwd_kernel
+    w_ptr,            # [N] ACC: the guess of g_lse the forward (WITH_GRAD) wrote with
+    N,
+    T,
+    V,
+    stride_b,
+    stride_t,
+    out_stride_b,
+    out_stride_t,
+    ignore_index,
+    ACC: tl.constexpr,
+    ROWS: tl.constexpr,   # rows a program, a power of two
+    BLOCK: tl.constexpr,  # columns a step of a row written in full
+    BF16_BY_HAND: tl.constexpr,
+):
+    """Completes the gradient the single-pass forward wrote.
+
+    The forward wrote ignored rows (zeros) and, for its guess of g_lse, the
+    dense term: where the guess holds only the target and sampled columns
+    remain. A program takes ROWS rows as one vector and writes those two
+    columns of each (a gather and a scatter); then it writes in full, one
+    after another, its rows where the guess does not hold (an upstream
+    gradient other than the one the loss promised). One program per row and
+    column block instead (the two-pass grid) cost ~0.6 ms at N = 16384,
+    V = 128256 on an H200 (benchmarks/results/cuda-h200-5, tune.csv): ~262K
+    programs that each wrote at most two columns.
+    """
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = rows < N
+    y = tl.load(target_ptr + rows, mask=live, other=ignore_index)
+    s_col = tl.load(sidx_ptr + rows, mask=live, other=-1)
+    lse = tl.load(lse_ptr + rows, mask=live, other=0.0).to(ACC)
+    g_lse = tl.load(glse_ptr + rows, mask=live, other=0.0).to(ACC)
+    g_t = tl.load(gt_ptr + rows, mask=live, other=0.0).to(ACC)
+    g_s = tl.load(gs_ptr + rows, mask=live, other=0.0).to(ACC)
+    guessed = (y >= 0) & (y < V) & (g_lse == tl.load(w_ptr + rows, mask=live, other=0.0).to(ACC))
+    x_row = x_ptr + _row_base(rows, T, stride_b, stride_t)
+    out_row = out_ptr + _row_base(rows, T, out_stride_b, out_stride_t)
+    # The target column, with the sampled term where the sample is the
+    # target; then the sampled column elsewhere (-1 when k = 0). Same
+    # formula and rounding as a row written in full.
+    valid = y != ignore_index
+    y_col = tl.where(guessed, y, 0).to(tl.int64)
+    _write_grad(x_row, out_row, y_col, live & guessed, y_col, y, s_col, lse, g_lse, g_t, g_s, valid, ACC,
+                BF16_BY_HAND)
+    s_here = live & guessed & (s_col >= 0) & (s_col < V) & (s_col != y)
+    s_safe = tl.where(s_here, s_col, 0).to(tl.int64)
+    _write_grad(x_row, out_row, s_safe, s_here, s_safe, y, s_col, lse, g_lse, g_t, g_s, valid, ACC, BF16_BY_HAND)
+    for r in range(0, ROWS):
+        row = tl.program_id(0) * ROWS + r
+        if row < N:
+            yr = tl.load(target_ptr + row)
+            redo = (yr != ignore_index) & ~(
+                (yr >= 0) & (yr < V) & (tl.load(glse_ptr + row).to(ACC) == tl.load(w_ptr + row).to(ACC)))
+            if redo:
+                for lo in range(0, V, BLOCK):
+                    _write_row_block(x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr, row,
+                                     lo, T, V, stride_b, stride_t, out_stride_b, out_stride_t, ignore_index, ACC,
+                                     BLOCK, BF16_BY_HAND)
 
 
 @triton.jit
