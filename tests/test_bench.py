@@ -434,9 +434,12 @@ def test_topk_work_model_runs_and_ranks_the_strategies():
     lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
     insertions = float(lines["thread"].split("insertions ")[1].split(",")[0])
     offered = float(lines["row"].split("offered ")[1].split(",")[0])
+    unseeded = float(lines["row-unseeded"].split("offered ")[1].split(",")[0])
     merges = {name: float(lines[name].split("merges ")[1].split(",")[0]) for name in ("row", "row-eager")}
-    assert set(lines) == {"thread", "warp", "row", "row-eager"} and offered < insertions
+    assert set(lines) == {"thread", "warp", "row", "row-unseeded", "row-eager"} and offered < insertions
     assert merges["row"] < merges["row-eager"], merges
+    # Round 0's seed: no longer the whole first round (8192 columns) offered.
+    assert offered < unseeded / 4, (offered, unseeded)
 
 
 def test_host_overhead_script_runs(tmp_path):
