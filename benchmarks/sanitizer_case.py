@@ -68,13 +68,15 @@ def main() -> int:
     if backend in ("cuda", "cuda_sim"):
         # The other top-k strategies are other forward kernels: their edges
         # too, whichever one the environment made the default. Then rows
-        # split across blocks (the forward's piece workspace and merge), and
-        # the single pass keeping 1 KB of each row in shared memory (all of
-        # the short rows, part of the long ones).
+        # split across blocks (the forward's piece workspace and merge), the
+        # single pass keeping 1 KB of each row in shared memory (all of the
+        # short rows, part of the long ones), and the staged single pass in
+        # its 64-register build (4 blocks per SM) with the same cache.
         in_use = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
         settings = [("CRINGE_KERNELS_CUDA_FWD_GATE", gate) for gate in ("thread", "warp", "row", "row-async")
                     if gate != in_use]
-        settings += [("CRINGE_KERNELS_CUDA_SPLIT", "3"), ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,1,1")]
+        settings += [("CRINGE_KERNELS_CUDA_SPLIT", "3"), ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,1,1"),
+                     ("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,4,1,async")]
         for name, value in settings:
             before = os.environ.get(name)
             os.environ[name] = value

@@ -437,7 +437,7 @@ def test_single_pass_opcheck(kern):
 
 
 @pytest.mark.parametrize("shape", ["512,1", "256,3", "32,1", "128,32", "512,1,200", "32,1,1", "64,2,2", "128,1,1024",
-                                   "128,4,200", "512,32,8"])
+                                   "128,4,200", "512,32,8", "256,4,0,async", "128,8,12,async", "512,4,0,async"])
 def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch):
     # CRINGE_KERNELS_CUDA_SINGLE_PASS: threads per block, blocks per SM of the
     # persistent grid (more rows than blocks, fewer rows than blocks), and
@@ -445,7 +445,9 @@ def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch
     # row (4 KB), part of it (1 KB, 2 KB: the sweep reads some packs from
     # shared memory and the rest from the logits), more than a block may
     # have, or than a fourth of an SM's with 4 blocks per SM (clamped); more
-    # blocks per SM than are resident at once (clamped).
+    # blocks per SM than are resident at once (clamped); staged rounds
+    # (async), 4 or more blocks of at most 256 threads in the 64-register
+    # build, 512 threads in the other.
     x = random_logits((3, 7, 1001), torch.float32, kern.dev, seed=3)
     y = random_target((3, 7), 1001, kern.dev)
     fb, u = half_negative((3, 7), kern.dev), torch.rand(3, 7, device=kern.dev)
@@ -486,7 +488,21 @@ def test_single_pass_staged_equals_two_pass(kern, shape, dtype, monkeypatch):
                                  kern.dev)
 
 
-@pytest.mark.parametrize("value", ["100,1", "512,0", "1024,1", "512", "512,1,-1", "512,1,2000", "512,1,2,3"])
+@pytest.mark.parametrize("shape", ["256,4,0,async", "256,4,12,async", "64,6,1,async"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_single_pass_staged_by_its_shape_equals_two_pass(kern, shape, dtype, monkeypatch):
+    """`async` in CRINGE_KERNELS_CUDA_SINGLE_PASS stages the single pass while
+    the forward keeps the row gate; 4 or more blocks per SM take the build
+    limited to 64 registers (float64: the other), with no cache, with the
+    cache clamped to a fourth of an SM, and a small block."""
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", shape)
+    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, 70001, 5,
+                                 kern.dev)
+
+
+@pytest.mark.parametrize("value", ["100,1", "512,0", "1024,1", "512", "512,1,-1", "512,1,2000", "512,1,2,3",
+                                   "512,1,2,sync", "512,1,async"])
 def test_bad_single_pass_shape_is_a_clear_error(kern, value, monkeypatch):
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
     x = random_logits((1, 2, 10), torch.float32, kern.dev).requires_grad_(True)

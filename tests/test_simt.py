@@ -136,7 +136,7 @@ def test_cuda_kernels_are_clean_under_asan():
 
 
 @pytest.mark.parametrize("gate", ["thread", "warp", "row", "row-async", "single-pass", "single-pass-cache",
-                                  "single-pass-async", "split"])
+                                  "single-pass-async", "single-pass-async-4", "split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k", [5, 64])
 def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monkeypatch):
@@ -157,15 +157,20 @@ def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monke
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate if gate in ("thread", "warp", "row", "row-async")
                        else "row-async" if gate == "single-pass-async" else "row")
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4" if gate == "split" else "1")
-    # A 2 KB row cache: a third of each 6 KB row swept from shared memory.
+    # A 2 KB row cache: a third of each 6 KB row swept from shared memory;
+    # 4 blocks per SM staged: the 64-register build.
     monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS",
-                       "64,1,2" if gate in ("single-pass-cache", "single-pass-async") else "512,1,0")
+                       "64,1,2" if gate in ("single-pass-cache", "single-pass-async")
+                       else "64,4,2,async" if gate == "single-pass-async-4" else "512,1,0")
+    # The completion: a third of the rows with another grad_lse than the
+    # forward's guess, written in full.
+    g_lse = torch.where(torch.arange(12) % 3 == 0, 2 * g[0], g[0])
     results = []
     for schedule in ("forward", "reverse", "shuffle"):
         monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)
         if gate.startswith("single-pass"):
             stats, grad = be.forward_with_grad(x, y, u, k, -100, g[0])
-            grad = be.backward_with_grad(grad, x, y, stats.sample_index, stats.lse, g[0], *g, -100)
+            grad = be.backward_with_grad(grad, x, y, stats.sample_index, stats.lse, g[0], g_lse, *g[1:], -100)
         else:
             stats = be.forward(x, y, u, k, -100)
             grad = be.backward(x, y, stats.sample_index, stats.lse, *g, -100, False)

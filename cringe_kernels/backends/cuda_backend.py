@@ -70,29 +70,38 @@ def _forward_gate() -> int:
     return _GATES[name]
 
 
-def _single_pass_shape() -> Tuple[int, int, int]:
-    """Threads per block, blocks per SM and row-cache bytes of the single-pass forward (csrc/cuda/launch.h).
+def _single_pass_shape() -> Tuple[int, int, int, bool]:
+    """Threads per block, blocks per SM, row-cache bytes and staging of the single-pass forward (csrc/cuda/launch.h).
 
-    ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM[,CACHE_KB]"``
+    ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM[,CACHE_KB[,async]]"``
     (default ``256,3,64``; ``kernel_tune.py`` times a few): more rows in
     flight hide more latency, as long as their second read still finds them
     on chip; ``CACHE_KB`` of each row's first bytes are kept in shared memory
     for that read (clamped to what a block may have), the rest is read again
-    from L2. Measured on an H100 at bf16, N=16384, V=128256, k=5
-    (benchmarks/results/cuda-h100-3): forward + gradient 5.10 ms at
-    ``256,3,64``, 5.17 ms at ``256,3,0``, 7.45 ms at ``512,1,0``.
+    from L2. ``async`` copies the rounds with cp.async (the ``row-async``
+    kernel, whatever ``CRINGE_KERNELS_CUDA_FWD_GATE`` says; ``row-async``
+    there stages the single pass too); staged, 4 or more blocks per SM of at
+    most 256 threads run a build limited to 64 registers, so that all four
+    are resident. Measured on an H100 at bf16, N=16384, V=128256, k=5
+    (forward + gradient, 1 row in 7 ignored; benchmarks/results/cuda-h100-4,
+    tune.csv): 4.41 ms at ``256,3,64``, 4.49 at ``256,3,0``, 4.34 at
+    ``256,3,0,async``, 5.24 at ``256,2,0,async``.
     """
     raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", _DEFAULT_SINGLE_PASS)
+    fields = raw.split(",")
+    staged = len(fields) == 4 and fields[3] == "async"
     try:
-        values = [int(v) for v in raw.split(",")]
+        if len(fields) == 4 and not staged:
+            raise ValueError
+        values = [int(v) for v in fields[:3]]
         threads, blocks, cache_kb = values if len(values) == 3 else (*values, 0)
     except ValueError:
-        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'THREADS,BLOCKS_PER_SM[,CACHE_KB]'; "
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'THREADS,BLOCKS_PER_SM[,CACHE_KB[,async]]'; "
                          f"got {raw!r}") from None
     if threads not in (32, 64, 128, 256, 512) or not 1 <= blocks <= 32 or not 0 <= cache_kb <= 1024:
         raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS: THREADS must be a power of two in [32, 512], "
                          f"BLOCKS_PER_SM in [1, 32] and CACHE_KB in [0, 1024]; got {raw!r}")
-    return threads, blocks, cache_kb * 1024
+    return threads, blocks, cache_kb * 1024, staged
 
 
 def _row_pieces(module, N: int, V: int, device_index: int) -> int:
@@ -156,7 +165,8 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
             *(t.data_ptr() for t in out), device, stream_of(logits.device), _forward_gate(),
             _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
-            *(_single_pass_shape() if grad is not None else (512, 1, 0)), pieces, _native.ptr(workspace),
+            *(_single_pass_shape()[:3] if grad is not None else (512, 1, 0)), pieces, _native.ptr(workspace),
+            grad is not None and _single_pass_shape()[3],
         )
         if kernel_k != k:
             _sample_large_k(logits, target, uniform, k, ignore_index, out)

@@ -49,7 +49,7 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
          std::uintptr_t stream, int gate, std::uintptr_t lse_weight, std::uintptr_t grad, int64_t grad_stride_b,
          int64_t grad_stride_t, int grad_threads, int grad_blocks_per_sm, int grad_cache_bytes, int pieces,
-         std::uintptr_t workspace) {
+         std::uintptr_t workspace, bool grad_staged) {
         cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
                                                  ignore_index, lse, target_logit, sample_logit, sample_index);
         cringe::bindings::set_single_pass(p, lse_weight, grad, grad_stride_b, grad_stride_t);
@@ -61,6 +61,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         shape.threads = grad_threads;
         shape.blocks_per_sm = grad_blocks_per_sm;
         shape.cache_bytes = grad_cache_bytes;
+        shape.staged = grad_staged;
         cringe::cuda::RowSplit split;
         split.pieces = pieces;
         split.workspace = cringe::bindings::ptr<void>(workspace);
@@ -74,13 +75,14 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("stream"), py::arg("gate") = 0, py::arg("lse_weight") = 0, py::arg("grad") = 0,
       py::arg("grad_stride_b") = 0, py::arg("grad_stride_t") = 0, py::arg("grad_threads") = 512,
       py::arg("grad_blocks_per_sm") = 1, py::arg("grad_cache_bytes") = 0, py::arg("pieces") = 1, py::arg("workspace") = 0,
-      py::call_guard<py::gil_scoped_release>(),
+      py::arg("grad_staged") = false, py::call_guard<py::gil_scoped_release>(),
       "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
       "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold, 3 row threshold with cp.async "
       "rounds (see csrc/cuda/launch.h). With "
       "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight, launched with "
       "`grad_threads` per block and `grad_blocks_per_sm`, keeping up to `grad_cache_bytes` of each row in shared "
-      "memory for the gradient sweep. `pieces` > 1: each row in that many blocks, their "
+      "memory for the gradient sweep, its rounds copied by cp.async if `grad_staged` (or `gate` is 3). "
+      "`pieces` > 1: each row in that many blocks, their "
       "statistics merged through `workspace` (forward_workspace_bytes bytes; see csrc/cuda/launch.h).");
 
   m.def(

@@ -473,12 +473,22 @@ constexpr int grad_threads() {
   return std::is_same<typename Types<D>::Acc, double>::value ? kMaxThreads : 512;
 }
 
-// Blocks per SM the row-threshold kernel is compiled for: float64
-// (gradcheck, not speed) spills in the 64 registers of four blocks, and
-// kWithGrad runs one block per SM.
-template <DType D, bool kWithGrad>
+// Threads and blocks per SM the row-threshold kernel is compiled for. The
+// plain kernel: 256 threads, 4 blocks (<= 64 registers). kWithGrad: up to
+// grad_threads, one block (no register cap; ~79 for bf16, so 3 blocks of
+// 256 threads fit an SM), or, kFourBlocks, the plain kernel's 256 x 4 for
+// 32 warps a SM instead of 24 (the single pass is latency-bound: run 4,
+// 256 x 2 -> 256 x 3 took it from 5.24 to 4.34 ms, staged); only the
+// staged kernel fits 64 registers without spilling (63 for bf16, sm_90).
+// float64 (gradcheck, not speed) spills in the 64 registers of four
+// blocks: one block, 256 threads.
+template <DType D, bool kWithGrad, bool kFourBlocks>
+constexpr int row_threshold_max_threads() {
+  return kWithGrad && !kFourBlocks ? grad_threads<D>() : kMaxThreads;
+}
+template <DType D, bool kWithGrad, bool kFourBlocks>
 constexpr int row_threshold_min_blocks() {
-  return kWithGrad || std::is_same<typename Types<D>::Acc, double>::value ? 1 : kPieceBlocksPerSm;
+  return (kWithGrad && !kFourBlocks) || std::is_same<typename Types<D>::Acc, double>::value ? 1 : kPieceBlocksPerSm;
 }
 
 // With pieces > 1 the block takes piece `item % pieces` of row `item /
@@ -489,8 +499,9 @@ constexpr int row_threshold_min_blocks() {
 // kStaged: 16-byte packs of dynamic shared memory per thread, two rounds.
 constexpr int kStagePacks = 2 * kUnroll;
 
-template <DType D, bool kWithGrad, bool kStaged = false>
-__global__ void __launch_bounds__(kWithGrad ? grad_threads<D>() : kMaxThreads, row_threshold_min_blocks<D, kWithGrad>())
+template <DType D, bool kWithGrad, bool kStaged = false, bool kFourBlocks = false>
+__global__ void __launch_bounds__(row_threshold_max_threads<D, kWithGrad, kFourBlocks>(),
+                                  row_threshold_min_blocks<D, kWithGrad, kFourBlocks>())
     forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split,
                                  const int cache_packs) {
   using Ty = Types<D>;
@@ -830,16 +841,17 @@ __global__ void __launch_bounds__(32) merge_pieces_kernel(const ForwardParams p,
 // lets few rows in flight (so that their second read still hits L2) keep
 // enough loads in flight: run 3 measured 7.45 ms at 512 threads x 1 block
 // per SM without it, 5.10 ms at 256 x 3.
-template <DType D, bool kStaged>
+template <DType D, bool kStaged, bool kFourBlocks>
 cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShape shape, int64_t packs,
                                cudaStream_t stream) {
   using S = typename Types<D>::S;
-  const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true, kStaged>);
+  const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true, kStaged, kFourBlocks>);
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  const int threads = threads_for(shape.threads < grad_threads<D>() ? shape.threads : grad_threads<D>(), packs);
+  constexpr int kCap = row_threshold_max_threads<D, true, kFourBlocks>();
+  const int threads = threads_for(shape.threads < kCap ? shape.threads : kCap, packs);
   const int64_t stage_bytes = kStaged ? int64_t(kStagePacks) * threads * static_cast<int64_t>(sizeof(Pack<S>)) : 0;
 
   cudaFuncAttributes attrs{};
@@ -875,7 +887,8 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   const int64_t N = p.B * p.T;
   const int64_t grid = static_cast<int64_t>(sms) * per_sm_blocks;
   CRINGE_LAUNCH(static_cast<unsigned>(N < grid ? N : grid), threads, dynamic_bytes, stream,
-                forward_row_threshold_kernel<D, true, kStaged>)(p, k_eff, RowSplit{}, static_cast<int>(cache_packs));
+                forward_row_threshold_kernel<D, true, kStaged, kFourBlocks>)(p, k_eff, RowSplit{},
+                                                                              static_cast<int>(cache_packs));
   return cudaGetLastError();
 }
 
@@ -888,8 +901,18 @@ cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePa
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
   if (p.grad != nullptr) {
-    return gate == ForwardGate::kRowAsync ? launch_single_pass<D, true>(p, k_eff, shape, packs, stream)
-                                          : launch_single_pass<D, false>(p, k_eff, shape, packs, stream);
+    if (!shape.staged && gate != ForwardGate::kRowAsync) {
+      return launch_single_pass<D, false, false>(p, k_eff, shape, packs, stream);
+    }
+    // Staged, four or more blocks a SM of at most 256 threads: the kernel
+    // compiled for 64 registers, so that four are resident at once (the
+    // unstaged kernel spills there; float64 is not built for it).
+    if constexpr (!std::is_same<Acc, double>::value) {
+      if (shape.blocks_per_sm >= kPieceBlocksPerSm && shape.threads <= kMaxThreads) {
+        return launch_single_pass<D, true, true>(p, k_eff, shape, packs, stream);
+      }
+    }
+    return launch_single_pass<D, true, false>(p, k_eff, shape, packs, stream);
   }
   // Split rows run the row-threshold kernel whatever the gate (staged for
   // kRowAsync); the stages take kStagePacks packs per thread, 32 KB at 256

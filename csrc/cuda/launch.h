@@ -56,10 +56,16 @@ enum class ForwardGate : int { kThread = 0, kWarp = 1, kRow = 2, kRowAsync = 3 }
 // shared-memory cache keeps part of each row off L2, so more rows fit.
 // Not measured yet: the default is the one that surely fits L2 at the
 // goal point.
+// `staged`: the single pass copies its rounds with cp.async, as the
+// kRowAsync forward does, whatever the forward's gate (kRowAsync stages it
+// too); staged, 4 or more blocks per SM of at most 256 threads run a build
+// of the kernel limited to 64 registers, so that four are resident (32
+// warps a SM instead of the 24 of 3 x 256 unlimited).
 struct SinglePassShape {
   int threads = 512;
   int blocks_per_sm = 1;
   int cache_bytes = 0;
+  bool staged = false;
 };
 
 // Split rows. One block per row leaves SMs idle when there are few rows (a
