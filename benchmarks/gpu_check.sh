@@ -206,8 +206,9 @@ sanitizer() {
   } 2>&1 | tee "$OUT/sanitizer.log"
 }
 
-# Nsight Compute on one launch of each forward (benchmarks/profile_forward.py):
-# why they stop short of the copy bandwidth, not only how long they take.
+# Nsight Compute on one launch of each forward and of the CUDA single pass
+# (benchmarks/profile_forward.py): why they stop short of the copy
+# bandwidth, not only how long they take.
 # SourceCounters samples where the warps stall (run 3's small-N rows say a
 # row-kernel round is bound by its own serial path: this says which part).
 profile() {
@@ -219,7 +220,7 @@ profile() {
     return 1
   fi
   # --clock-control none: the card is measured as found (ncu would lock its clocks).
-  "$ncu" --clock-control none --kernel-name regex:"row_threshold|row_stats_fwd" --launch-skip 0 --launch-count 6 \
+  "$ncu" --clock-control none --kernel-name regex:"row_threshold|row_stats_fwd" --launch-skip 0 --launch-count 8 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section SourceCounters "$PY" benchmarks/profile_forward.py 2>&1 \
     | tee "$OUT/ncu.txt"

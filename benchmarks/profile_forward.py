@@ -10,9 +10,12 @@ take::
         --section SourceCounters python benchmarks/profile_forward.py
 
 It launches, once each after one warm-up: the Triton forward at its default
-configuration, and the CUDA row-threshold forward with its ``row`` and
-``row-async`` gates (bf16, N=16384, V=128256, k=5 unless given). Without a
-GPU it prints a line and exits 0.
+configuration, the CUDA row-threshold forward with its ``row`` and
+``row-async`` gates, and the CUDA single pass at its launch shape
+(``CRINGE_KERNELS_CUDA_SINGLE_PASS``; bf16, N=16384, V=128256, k=5 unless
+given). The single pass's DRAM bytes say whether its second read of a row
+found it on chip: 1 read + 1 write of the logits if so, 2 reads + 1 write
+if not. Without a GPU it prints a line and exits 0.
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ def main() -> int:
             be.forward(x, y, u, args.k, -100)
         torch.cuda.synchronize()
         print(f"profile_forward: {name}{'' if gate is None else ' gate=' + gate} launched", flush=True)
+    os.environ["CRINGE_KERNELS_CUDA_FWD_GATE"] = "row"
+    try:
+        be = backends.resolve("cuda", x)
+        weight = torch.full((args.N,), 1.0 / args.N, device="cuda")
+        for _ in range(2):
+            be.forward_with_grad(x, y, u, args.k, -100, weight)
+        torch.cuda.synchronize()
+        shape = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "default")
+        print(f"profile_forward: cuda single pass ({shape}) launched", flush=True)
+    except Exception as err:
+        print(f"profile_forward: cuda single pass unavailable: {err}")
     return 0
 
 

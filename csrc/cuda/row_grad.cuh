@@ -9,7 +9,8 @@
 // its range of 16-byte packs, and for piece 0 also the unaligned head and
 // the tail. Packs below `cached_packs` are read from `cached` (shared
 // memory holding the row's first packs, stored by the thread that reads
-// them here: same index modulo blockDim) instead of `in`.
+// them here: same index modulo blockDim) instead of `in`. kLastFirst: each
+// thread takes its packs from the row's end to its start (same values).
 #pragma once
 
 #include "common.cuh"
@@ -24,7 +25,7 @@ struct RowGrad {
   bool zero;  // write zeros whatever the logits hold (ignored rows)
 };
 
-template <DType D>
+template <DType D, bool kLastFirst = false>
 __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, typename Types<D>::S* out, int V,
                                                const RowGrad<typename Types<D>::Acc>& g, int piece = 0,
                                                int pieces = 1, const Pack<typename Types<D>::S>* cached = nullptr,
@@ -66,15 +67,31 @@ __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, t
     }
   };
   const int T = blockDim.x;
-  int q = lo + threadIdx.x;
-  for (; q + (kUnroll - 1) * T < hi; q += kUnroll * T) {  // kUnroll loads in flight
-    Pack<S> pk[kUnroll];
+  if constexpr (kLastFirst) {
+    // This thread's packs lo + t + j T, j from the last down: a row the
+    // block has just read is still in L2 at its end, not at its start.
+    int q = lo + static_cast<int>(threadIdx.x);
+    if (q >= hi) return;
+    q += (hi - 1 - q) / T * T;
+    for (; q - (kUnroll - 1) * T >= lo; q -= kUnroll * T) {  // kUnroll loads in flight
+      Pack<S> pk[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) pk[u] = load(q + u * T);
+      for (int u = 0; u < kUnroll; ++u) pk[u] = load(q - u * T);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) emit(q + u * T, pk[u]);
+      for (int u = 0; u < kUnroll; ++u) emit(q - u * T, pk[u]);
+    }
+    for (; q >= lo; q -= T) emit(q, load(q));
+  } else {
+    int q = lo + threadIdx.x;
+    for (; q + (kUnroll - 1) * T < hi; q += kUnroll * T) {  // kUnroll loads in flight
+      Pack<S> pk[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) pk[u] = load(q + u * T);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) emit(q + u * T, pk[u]);
+    }
+    for (; q < hi; q += T) emit(q, load(q));
   }
-  for (; q < hi; q += T) emit(q, load(q));
 }
 
 }  // namespace cuda
