@@ -160,13 +160,13 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
         if pieces > 1:
             workspace = torch.empty(module.forward_workspace_bytes(code, B * T, V, kernel_k, pieces),
                                     dtype=torch.uint8, device=logits.device)
+        shape = _single_pass_shape() if grad is not None else (512, 1, 0, False)
         module.forward(
             code, logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
             *(t.data_ptr() for t in out), device, stream_of(logits.device), _forward_gate(),
             _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
-            *(_single_pass_shape()[:3] if grad is not None else (512, 1, 0)), pieces, _native.ptr(workspace),
-            grad is not None and _single_pass_shape()[3],
+            *shape[:3], pieces, _native.ptr(workspace), shape[3],
         )
         if kernel_k != k:
             _sample_large_k(logits, target, uniform, k, ignore_index, out)
