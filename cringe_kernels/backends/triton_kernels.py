@@ -335,14 +335,8 @@ def _write_row_block(x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt
 def row_stats_complete_kernel(
     x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr,  # as row_stats_bwd_kernel
     w_ptr,            # [N] ACC: the guess of g_lse the forward (WITH_GRAD) wrote with
-    N,
-    T,
-    V,
-    stride_b,
-    stride_t,
-    out_stride_b,
-    out_stride_t,
-    ignore_index,
+    N,                # rows
+    T, V, stride_b, stride_t, out_stride_b, out_stride_t, ignore_index,  # as row_stats_bwd_kernel
     ACC: tl.constexpr,
     ROWS: tl.constexpr,   # rows a program, a power of two
     BLOCK: tl.constexpr,  # columns a step of a row written in full
