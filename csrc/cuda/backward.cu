@@ -34,20 +34,26 @@ __device__ __forceinline__ RowGrad<Acc> row_coefficients(const BackwardParams& p
   return g;
 }
 
-// After a forward that wrote the gradient (p.lse_weight set): true when row
-// i needs nothing more than what this call did, i.e. it is ignored (the
-// forward wrote its zeros) or its g_lse is the forward's guess, so only the
-// target and sampled columns change; each is rewritten, its sparse terms
-// added and rounded once (same formula and rounding as write_row_grad).
-// False: the row must be written in full.
+// After a forward that wrote the gradient (p.lse_weight set): whether row i
+// needs at most its target and sampled columns, i.e. it is ignored (the
+// forward wrote its zeros) or its g_lse is the forward's guess. Otherwise
+// the row must be written in full.
+template <class Acc>
+__device__ __forceinline__ bool guess_holds(const BackwardParams& p, int64_t i, const RowGrad<Acc>& g) {
+  return g.zero || (g.y >= 0 && g.g_lse == static_cast<const Acc*>(p.lse_weight)[i]);
+}
+
+// Where guess_holds, rewrites the target and sampled columns, their sparse
+// terms added and rounded once (same formula and rounding as
+// write_row_grad), and returns true; else writes nothing and returns false.
 template <DType D>
-__device__ __forceinline__ bool complete_sparse(const BackwardParams& p, int64_t i, int V,
+__device__ __forceinline__ bool complete_sparse(const BackwardParams& p, int64_t i,
                                                 const RowGrad<typename Types<D>::Acc>& g) {
   using Ty = Types<D>;
   using S = typename Ty::S;
   using Acc = typename Ty::Acc;
+  if (!guess_holds(p, i, g)) return false;
   if (g.zero) return true;
-  if (g.y < 0 || g.g_lse != static_cast<const Acc*>(p.lse_weight)[i]) return false;
   const S* in = logits_row<S>(p, i);
   S* out = static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t;
   const FastExp ex;
@@ -72,14 +78,11 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardParams
     const int64_t i = item / pieces;
     const int piece = static_cast<int>(item % pieces);
     const RowGrad<Acc> g = row_coefficients<Acc>(p, i, V);
-    if (p.lse_weight != nullptr) {
-      // Whether the row is done is the same for every thread: piece 0's
-      // thread 0 writes the two columns, the others only need the answer.
-      const bool done = g.zero || (g.y >= 0 && g.g_lse == static_cast<const Acc*>(p.lse_weight)[i]);
-      if (done) {
-        if (piece == 0 && threadIdx.x == 0) complete_sparse<D>(p, i, V, g);
-        continue;
-      }
+    // After a single pass: piece 0's thread 0 writes the two columns, the
+    // other threads only need to know the row is done.
+    if (p.lse_weight != nullptr && guess_holds(p, i, g)) {
+      if (piece == 0 && threadIdx.x == 0) complete_sparse<D>(p, i, g);
+      continue;
     }
     S* out = static_cast<S*>(p.grad) + (i / p.T) * p.grad_stride_b + (i % p.T) * p.grad_stride_t;
     write_row_grad<D>(logits_row<S>(p, i), out, V, g, piece, pieces);
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) complete_kernel(const BackwardParams
     if (threadIdx.x == 0) n_redo = 0;
     __syncthreads();
     const int64_t i = first + threadIdx.x;
-    if (threadIdx.x < rows && i < N && !complete_sparse<D>(p, i, V, row_coefficients<Acc>(p, i, V))) {
+    if (threadIdx.x < rows && i < N && !complete_sparse<D>(p, i, row_coefficients<Acc>(p, i, V))) {
       redo[atomicAdd(&n_redo, 1)] = threadIdx.x;  // in any order: rows are independent
     }
     __syncthreads();
