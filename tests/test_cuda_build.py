@@ -24,13 +24,16 @@ if find_cuda_home() is None:
 if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
     pytest.skip("CRINGE_KERNELS_SKIP_CUDA is set: _C_cuda was not built on purpose", allow_module_level=True)
 
-# Kernel instantiations per architecture: the backward per dtype (float32,
-# float64, float16, bfloat16); the forward per dtype with the per-thread
-# top-k gate, and once more with the warp-shared gate for all but float64
-# (which walks column by column); the row-threshold forward per dtype, plain
-# and with the single-pass gradient, each with and without cp.async rounds
-# (row-async); the merge of split rows per dtype.
-KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 16, "merge_pieces_kernel": 4, "backward_kernel": 4}
+# Kernel instantiations per architecture: the backward and the single
+# pass's completion per dtype (float32, float64, float16, bfloat16); the
+# forward per dtype with the per-thread top-k gate, and once more with the
+# warp-shared gate for all but float64 (which walks column by column); the
+# row-threshold forward per dtype, plain and with the single-pass gradient,
+# each with and without cp.async rounds (row-async), and the staged single
+# pass's 64-register build for all but float64; the merge of split rows per
+# dtype.
+KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 19, "merge_pieces_kernel": 4, "backward_kernel": 4,
+           "complete_kernel": 4}
 
 
 @pytest.fixture(scope="module")
