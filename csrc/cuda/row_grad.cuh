@@ -66,32 +66,22 @@ __device__ __forceinline__ void write_row_grad(const typename Types<D>::S* in, t
       for (int e = 0; e < kN; ++e) out[head + q * kN + e] = o.v[e];
     }
   };
+  // This thread's packs lo + t + j T, j up from 0, or (kLastFirst) down
+  // from the last: a row the block has just read is still in L2 at its
+  // end, not at its start. Walking one way, only the bound ahead can fail.
   const int T = blockDim.x;
-  if constexpr (kLastFirst) {
-    // This thread's packs lo + t + j T, j from the last down: a row the
-    // block has just read is still in L2 at its end, not at its start.
-    int q = lo + static_cast<int>(threadIdx.x);
-    if (q >= hi) return;
-    q += (hi - 1 - q) / T * T;
-    for (; q - (kUnroll - 1) * T >= lo; q -= kUnroll * T) {  // kUnroll loads in flight
-      Pack<S> pk[kUnroll];
+  const int step = kLastFirst ? -T : T;
+  int q = lo + static_cast<int>(threadIdx.x);
+  if (kLastFirst) q = q < hi ? q + (hi - 1 - q) / T * T : lo - 1;  // lo - 1: no pack for this thread
+  auto mine = [&](int c) { return kLastFirst ? c >= lo : c < hi; };
+  for (; mine(q + (kUnroll - 1) * step); q += kUnroll * step) {  // kUnroll loads in flight
+    Pack<S> pk[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) pk[u] = load(q - u * T);
+    for (int u = 0; u < kUnroll; ++u) pk[u] = load(q + u * step);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) emit(q - u * T, pk[u]);
-    }
-    for (; q >= lo; q -= T) emit(q, load(q));
-  } else {
-    int q = lo + threadIdx.x;
-    for (; q + (kUnroll - 1) * T < hi; q += kUnroll * T) {  // kUnroll loads in flight
-      Pack<S> pk[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) pk[u] = load(q + u * T);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) emit(q + u * T, pk[u]);
-    }
-    for (; q < hi; q += T) emit(q, load(q));
+    for (int u = 0; u < kUnroll; ++u) emit(q + u * step, pk[u]);
   }
+  for (; mine(q); q += step) emit(q, load(q));
 }
 
 }  // namespace cuda
