@@ -133,8 +133,7 @@ cudaError_t launch(const BackwardParams& p, int pieces, cudaStream_t stream) {
   const int64_t N = p.B * p.T;
   if (p.lse_weight != nullptr && pieces == 1) {
     int device = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const cudaError_t err = current_device_sms(device, sms);
     if (err != cudaSuccess) return err;
     // About one wave of 2048 threads per SM (fewer threads for short rows,
     // the block still checks up to `threads` rows at once).

@@ -136,6 +136,14 @@ __device__ __forceinline__ void piece_packs(int packs, int piece, int pieces, in
   hi = static_cast<int>(static_cast<int64_t>(packs) * (piece + 1) / pieces);
 }
 
+// The current device and its number of SMs (host side), for grids sized
+// to the machine.
+inline cudaError_t current_device_sms(int& device, int& sms) {
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return err;
+}
+
 // Threads per block (host side) for rows, or pieces of rows, of `packs`
 // 16-byte packs: up to `threads`, halved while half of them would still
 // have a pack each (short rows).
@@ -199,27 +207,25 @@ __device__ __forceinline__ Acc from_ordered_int(long long i) {
   return __longlong_as_double(i >= 0 ? i : i ^ 0x7fffffffffffffffLL);
 }
 
-// The largest v over the full warp: one redux.sync on sm_80+, a butterfly
-// of shuffles otherwise (and for 64-bit v).
-__device__ __forceinline__ int warp_max_int(int v) {
+// The largest v over the full warp: one redux.sync for 32-bit v on sm_80+,
+// a butterfly of shuffles otherwise.
+template <class Int>
+__device__ __forceinline__ Int warp_max_int(Int v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  return __reduce_max_sync(0xffffffffu, v);
+  constexpr bool kRedux = sizeof(Int) == 4;
 #else
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const int o = __shfl_xor_sync(0xffffffffu, v, off);
-    v = o > v ? o : v;
-  }
-  return v;
+  constexpr bool kRedux = false;
 #endif
-}
-__device__ __forceinline__ long long warp_max_int(long long v) {
+  if constexpr (kRedux) {
+    return __reduce_max_sync(0xffffffffu, v);
+  } else {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const long long o = __shfl_xor_sync(0xffffffffu, v, off);
-    v = o > v ? o : v;
+    for (int off = 16; off > 0; off >>= 1) {
+      const Int o = __shfl_xor_sync(0xffffffffu, v, off);
+      v = o > v ? o : v;
+    }
+    return v;
   }
-  return v;
 }
 
 // The largest v among the lanes of this warp that execute this call together

@@ -358,8 +358,9 @@ __device__ __forceinline__ int reserve_slots(int* count, int want, int lane) {
 
 // A lower bound of the k_eff-th largest non-target key of the row (or
 // piece), from each thread's `unit`: the max of the columns it has read so
-// far (NaN ignored), the threads' columns being disjoint. Each warp takes the j-th largest of its lanes' units, j =
-// ceil((k_eff + 1) / warps), and the block the smallest of those: then at
+// far (NaN ignored), the threads' columns being disjoint. Each warp takes
+// the j-th largest of its lanes' units, j = ceil((k_eff + 1) / warps), and
+// the block the smallest of those: then at
 // least k_eff + 1 disjoint units hold a column at or above the seed, and at
 // most one of them holds the target column, so k_eff non-target columns
 // reach it. A column below the seed can never enter the top-k, so round 0
@@ -851,8 +852,7 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   using S = typename Types<D>::S;
   const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true, kStaged, kFourBlocks>);
   int device = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaError_t err = current_device_sms(device, sms);
   if (err != cudaSuccess) return err;
   constexpr int kCap = row_threshold_max_threads<D, true, kFourBlocks>();
   const int threads = threads_for(shape.threads < kCap ? shape.threads : kCap, packs);
