@@ -332,6 +332,14 @@ def _write_row_block(x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt
 
 
 @triton.jit
+def _guess_holds(y, g_lse, lse_w, V):
+    """Whether a non-ignored row needs only its target and sampled columns
+    after the single-pass forward: its target is in range and its g_lse is
+    the forward's guess (else it is written in full)."""
+    return (y >= 0) & (y < V) & (g_lse == lse_w)
+
+
+@triton.jit
 def row_stats_complete_kernel(
     x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr,  # as row_stats_bwd_kernel
     w_ptr,            # [N] ACC: the guess of g_lse the forward (WITH_GRAD) wrote with
@@ -362,7 +370,7 @@ def row_stats_complete_kernel(
     g_lse = tl.load(glse_ptr + rows, mask=live, other=0.0).to(ACC)
     g_t = tl.load(gt_ptr + rows, mask=live, other=0.0).to(ACC)
     g_s = tl.load(gs_ptr + rows, mask=live, other=0.0).to(ACC)
-    guessed = (y >= 0) & (y < V) & (g_lse == tl.load(w_ptr + rows, mask=live, other=0.0).to(ACC))
+    guessed = _guess_holds(y, g_lse, tl.load(w_ptr + rows, mask=live, other=0.0).to(ACC), V)
     x_row = x_ptr + _row_base(rows, T, stride_b, stride_t)
     out_row = out_ptr + _row_base(rows, T, out_stride_b, out_stride_t)
     # The target column, with the sampled term where the sample is the
@@ -379,8 +387,8 @@ def row_stats_complete_kernel(
         row = tl.program_id(0) * ROWS + r
         if row < N:
             yr = tl.load(target_ptr + row)
-            redo = (yr != ignore_index) & ~(
-                (yr >= 0) & (yr < V) & (tl.load(glse_ptr + row).to(ACC) == tl.load(w_ptr + row).to(ACC)))
+            redo = (yr != ignore_index) & ~_guess_holds(yr, tl.load(glse_ptr + row).to(ACC),
+                                                        tl.load(w_ptr + row).to(ACC), V)
             if redo:
                 for lo in range(0, V, BLOCK):
                     _write_row_block(x_ptr, out_ptr, target_ptr, sidx_ptr, lse_ptr, glse_ptr, gt_ptr, gs_ptr, row,
