@@ -1,9 +1,11 @@
 """Where a whole loss call spends its time beyond its kernels, on the device.
 
-At the goal point the loss (forward + backward) takes ~0.4 ms (two-pass)
-to ~0.65 ms (single pass) more than its large kernels
+At the goal point the loss (forward + backward) took ~0.4 ms (two-pass) to
+~0.65 ms (single pass) more than the kernel times of the launch sweep
 (benchmarks/results/cuda-h100-4). This script traces a few calls with
-``torch.profiler`` and prints, per backend and path:
+``torch.profiler`` and prints, per backend and path (run 5 found the calls'
+device work equal to the loss's time: the sweep's data ignores one row in
+seven, the benchmark's none):
 
 ``span``
     from the call's start on the host to the end of its last kernel;
@@ -54,7 +56,7 @@ def _calls(backend: str, single_pass: bool, x, y, fb, n: int):
 
 
 def _summarise(prof) -> dict:
-    events = [e for e in prof.events()]
+    events = list(prof.events())
     calls = sorted((e for e in events if e.name.startswith("loss_call_")), key=lambda e: e.time_range.start)
     # The record_function ranges also appear on the device timeline (as GPU
     # user annotations spanning the call): not kernels (run 5 counted them).
@@ -95,15 +97,15 @@ def main() -> int:
     print(f"{'backend':>8} {'path':>12} {'span':>9} {'kernels':>9} {'count':>6} {'to_main':>8} {'small':>8}")
     for backend in kernel_backends(torch.device("cuda")):
         for single_pass in (False, True):
+            label = f"{backend:>8} {'single-pass' if single_pass else 'two-pass':>12}"
             try:
                 prof = _calls(backend, single_pass, x, y, fb, args.calls)
                 s = _summarise(prof)
             except Exception as err:  # a backend that fails is a line, not a lost step
-                print(f"{backend:>8} {'single-pass' if single_pass else 'two-pass':>12} failed: "
-                      f"{type(err).__name__}: {err}")
+                print(f"{label} failed: {type(err).__name__}: {err}")
                 continue
-            print(f"{backend:>8} {'single-pass' if single_pass else 'two-pass':>12} {s['span']:9.0f} "
-                  f"{s['kernels']:9.0f} {s['count']:6.0f} {s['to_main']:8.0f} {s['small']:8.0f}", flush=True)
+            print(f"{label} {s['span']:9.0f} {s['kernels']:9.0f} {s['count']:6.0f} {s['to_main']:8.0f} "
+                  f"{s['small']:8.0f}", flush=True)
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
             print(table)
     return 0

@@ -44,26 +44,8 @@ def large_case(backend: str, dev: str) -> int:
     return 1
 
 
-def main() -> int:
-    # --cpu runs the same cases on the cpu backend (to check this script
-    # without a GPU); --sim on the CUDA kernels in the tests' CPU simulator
-    # (tests/cuda_sim.py), which test_simt.py runs under AddressSanitizer.
-    backend = "cpu" if "--cpu" in sys.argv else "cuda_sim" if "--sim" in sys.argv else "cuda"
-    if backend == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device; nothing to check")
-        return 0
-    if backend == "cuda_sim":
-        from cringe_kernels import backends
-
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-        backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
-    dev = "cuda" if backend == "cuda" else "cpu"
-    if "--large-only" in sys.argv:  # memcheck of the int64 offsets alone, within a short GPU session
-        cases = large_case(backend, dev)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        print(f"sanitizer_case: {cases} cases ran on {backend}")
-        return 0
+def sweep(backend: str, dev: str) -> int:
+    """The edge cases, under every other kernel setting on CUDA, and the large case with ``--large``."""
     cases = edge_cases(backend, dev, quick="--quick" in sys.argv)
     if backend in ("cuda", "cuda_sim"):
         # The other top-k strategies are other forward kernels: their edges
@@ -87,6 +69,27 @@ def main() -> int:
                 os.environ[name] = before
     if "--large" in sys.argv:
         cases += large_case(backend, dev)
+    return cases
+
+
+def main() -> int:
+    # --cpu runs the same cases on the cpu backend (to check this script
+    # without a GPU); --sim on the CUDA kernels in the tests' CPU simulator
+    # (tests/cuda_sim.py), which test_simt.py runs under AddressSanitizer.
+    backend = "cpu" if "--cpu" in sys.argv else "cuda_sim" if "--sim" in sys.argv else "cuda"
+    if backend == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device; nothing to check")
+        return 0
+    if backend == "cuda_sim":
+        from cringe_kernels import backends
+
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
+    dev = "cuda" if backend == "cuda" else "cpu"
+    if "--large-only" in sys.argv:  # memcheck of the int64 offsets alone, within a short GPU session
+        cases = large_case(backend, dev)
+    else:
+        cases = sweep(backend, dev)
     if dev == "cuda":
         torch.cuda.synchronize()
     print(f"sanitizer_case: {cases} cases ran on {backend}")
