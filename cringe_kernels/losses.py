@@ -244,7 +244,7 @@ def cringe_loss(
     feedback = validate.check_feedback(feedback, target)
     uniform = _draws(uniform, target, "target", generator, logits.device)
     pending = validate.start_value_checks([("target", target, V)], ignore_index, feedback=feedback, uniform=uniform)
-    chosen_backend = backends.resolve(backend, logits)
+    chosen_backend = backends.resolve(backend, logits, k)
 
     # Only the single pass needs the row masks before the kernel; otherwise
     # they are built while it runs, off the path to its launch.
@@ -366,7 +366,7 @@ def pairwise_cringe_loss(
     uniform = _draws(uniform, rejected_target, "rejected_target", generator, device)
     pending = validate.start_value_checks(
         [("chosen_target", chosen_target, V), ("rejected_target", rejected_target, V)], ignore_index, uniform=uniform)
-    chosen_backend = backends.resolve(backend, chosen_logits)
+    chosen_backend = backends.resolve(backend, chosen_logits, k)
 
     B = chosen_logits.shape[0]
     valid_w = (chosen_target != ignore_index).reshape(B, -1)

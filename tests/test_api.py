@@ -121,6 +121,33 @@ def test_auto_picks_the_first_available_backend():
     torch.testing.assert_close(auto.loss, chosen.loss)
 
 
+def test_auto_passes_over_a_backend_whose_kernels_stop_short_of_k(monkeypatch):
+    """"auto" keeps its order unless the first backend's kernels stop short of
+    min(k, V - 1) (the CUDA kernels at 64, then a PyTorch fallback) while a
+    later one's do not; with every backend short it keeps the first."""
+    from cringe_kernels import backends
+
+    monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("cpu", "torch"))
+    cpu_type = type(backends.resolve("cpu", torch.zeros(1, 2)))
+    torch_type = type(backends.resolve("torch", torch.zeros(1, 2)))
+    monkeypatch.setattr(cpu_type, "kernel_max_k", 4)
+    x = torch.zeros(2, 100)
+    assert backends.resolve("auto", x).name == "cpu"
+    assert backends.resolve("auto", x, k=4).name == "cpu"
+    assert backends.resolve("auto", x, k=5).name == "torch"
+    assert backends.resolve("auto", torch.zeros(2, 5), k=64).name == "cpu"  # k_eff = V - 1 = 4
+    monkeypatch.setattr(torch_type, "kernel_max_k", 3)
+    assert backends.resolve("auto", x, k=5).name == "cpu"
+    logits, target, feedback, u = random_case(2, 3, 9, seed=5)
+    monkeypatch.setattr(cpu_type, "kernel_max_k", 2)
+    monkeypatch.setattr(torch_type, "kernel_max_k", None)
+    calls = []
+    forward = torch_type.forward
+    monkeypatch.setattr(torch_type, "forward", lambda self, *a: calls.append(a[3]) or forward(self, *a))
+    ck.cringe_loss(logits, target, feedback, uniform=u, k=3)
+    assert calls == [3]
+
+
 def test_info_command_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "cringe_kernels.info"], capture_output=True, text=True, check=True)
     for name in ("reference", "triton", "cuda", "cpu"):

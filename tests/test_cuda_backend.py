@@ -197,6 +197,21 @@ def test_torch_library_opcheck(kern):
     torch.library.opcheck(backward_.default, (x.clone(), *args))
 
 
+@pytest.mark.gpu
+def test_auto_picks_cuda_first_on_a_gpu(monkeypatch):
+    """backend="auto" takes the CUDA kernels on a GPU they run on (the faster
+    on the H100 and H200 measured) and Triton where they cannot run."""
+    if "cuda" not in backends.status("cuda").devices:
+        pytest.skip(f"cuda backend cannot run: {backends.status('cuda').reason}")
+    x = torch.zeros(1, 2, 8, device="cuda")
+    assert backends.resolve("auto", x).name == "cuda"
+    assert ck.available_backends("cuda")[0] == "cuda"
+    if "cuda" in backends.status("triton").devices:
+        cuda_type = type(backends.resolve("cuda", x))
+        monkeypatch.setattr(cuda_type, "supports", lambda self, logits: (False, "not this GPU"))
+        assert backends.resolve("auto", x).name == "triton"
+
+
 @pytest.mark.slow
 @pytest.mark.gpu
 def test_more_than_2_31_logits():

@@ -124,6 +124,29 @@ def test_forward_gate_argument_is_checked(module, monkeypatch):
         cuda_backend._forward_gate()
 
 
+def test_single_pass_auto_shape_follows_the_row_length(monkeypatch):
+    """`auto` (the default) keeps short rows whole in shared memory and stages
+    long ones without a cache: the fastest shapes measured on each side of
+    128 KB (cuda_backend._single_pass_shape); a shape given is taken as is."""
+    from cringe_kernels.backends import cuda_backend
+
+    short, long_ = (256, 3, 64 * 1024, False), (512, 2, 0, True)
+    for value in (None, "auto"):
+        if value is None:
+            monkeypatch.delenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", raising=False)
+        else:
+            monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
+        assert cuda_backend._single_pass_shape(32000 * 2) == short
+        assert cuda_backend._single_pass_shape(128 * 1024) == short
+        assert cuda_backend._single_pass_shape(128 * 1024 + 2) == long_
+        assert cuda_backend._single_pass_shape(128256 * 2) == long_
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,4,1,async")
+    assert cuda_backend._single_pass_shape(2) == (128, 4, 1024, True)
+    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "Auto")
+    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'auto'"):
+        cuda_backend._single_pass_shape(2)
+
+
 def test_nvcc_present_means_backend_installed():
     from cringe_kernels import backends
 

@@ -9,7 +9,7 @@ importing the package never touches a GPU or compiles anything.
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -28,10 +28,12 @@ _KERNEL_BACKENDS = {
     "torch": ("cringe_kernels.backends.torch_impl", "TorchRowStats"),
 }
 
-# Fastest first, per device type, as measured (benchmarks/results/cuda-h100-2:
-# H100, bf16, N=16384, V=128256, forward+backward: Triton 6.48 ms, CUDA 9.65
-# ms). The CUDA kernels stay the choice where Triton cannot run.
-_AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpu",)}
+# Fastest first, per device type, as measured (benchmarks/results/cuda-h100-6
+# and -7: H100, bf16, N=16384, forward + backward: V=128256 CUDA 4.95 ms,
+# Triton 5.52; V=32000 CUDA 1.54, Triton 2.86; cuda-h200-5, V=128256: 4.46
+# against 4.73). Triton stays the choice where _C_cuda is not built or has
+# no code for the GPU.
+_AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
 
 _loaded: Dict[str, Union[RowStatsBackend, BackendStatus]] = {}
 
@@ -113,8 +115,20 @@ def available_backends(device: Union[str, torch.device, None] = None) -> List[st
     return [n for n in order if device_type in status(n).devices]
 
 
-def resolve(name: str, logits: torch.Tensor) -> Union[str, RowStatsBackend]:
+def resolve(name: str, logits: torch.Tensor, k: Optional[int] = None) -> Union[str, RowStatsBackend]:
     """Map a ``backend=`` argument to ``"reference"`` or a kernel backend object.
+
+    ``"auto"`` takes the first backend of :data:`_AUTO_ORDER` that runs on
+    these logits, passing over one whose kernels stop short of
+    ``min(k, V - 1)`` (``kernel_max_k``) when a later one does not.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"``, ``"reference"`` or a backend's name.
+    logits : Tensor, ``[..., V]``
+    k : int, optional
+        The loss's ``k``; None: no preference by ``k``.
 
     Raises
     ------
@@ -128,11 +142,15 @@ def resolve(name: str, logits: torch.Tensor) -> Union[str, RowStatsBackend]:
     if name == REFERENCE:
         return REFERENCE
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(logits.device.type, ()):
-            backend = _load(candidate)
-            if isinstance(backend, RowStatsBackend) and backend.supports(logits)[0]:
+        runnable = [b for b in map(_load, _AUTO_ORDER.get(logits.device.type, ()))
+                    if isinstance(b, RowStatsBackend) and b.supports(logits)[0]]
+        if not runnable:
+            return REFERENCE
+        k_eff = None if k is None else min(k, logits.shape[-1] - 1)
+        for backend in runnable:
+            if k_eff is None or backend.kernel_max_k is None or k_eff <= backend.kernel_max_k:
                 return backend
-        return REFERENCE
+        return runnable[0]
     backend = _load(name)
     if isinstance(backend, BackendStatus):
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {backend.reason}")

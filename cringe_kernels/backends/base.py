@@ -106,6 +106,10 @@ class RowStatsBackend:
     """
 
     name: str = "?"
+    # The largest ``k_eff`` the kernels draw from themselves; beyond it a
+    # backend may fall back to slower PyTorch code, which ``backend="auto"``
+    # avoids when another backend has no such limit there. None: any k.
+    kernel_max_k: Optional[int] = None
 
     def status(self) -> BackendStatus:  # pragma: no cover - interface
         raise NotImplementedError

@@ -47,7 +47,10 @@ def _archs() -> Tuple[int, ...]:
 
 
 _GATES = {"thread": 0, "warp": 1, "row": 2, "row-async": 3}
-_DEFAULT_SINGLE_PASS = "256,3,64"
+# CRINGE_KERNELS_CUDA_SINGLE_PASS=auto: rows up to this many bytes take
+# `256,3,64` (the whole row, or most of it, in shared memory), longer ones
+# `512,2,0,async` (see _single_pass_shape for the measurements).
+_AUTO_SHORT_ROW_BYTES = 128 * 1024
 
 
 def _forward_gate() -> int:
@@ -59,10 +62,11 @@ def _forward_gate() -> int:
     previous round computes, so its barriers do not drain them),
     ``thread`` (one list per thread) or ``warp`` (those lists with a
     warp-shared gate). All give the same results. Measured on an H100 at
-    bf16, N=16384, V=128256, k=5 (benchmarks/results/cuda-h100-4,
-    tune.csv): ``row`` 2.11 ms, ``row-async`` 2.22 ms, ``warp`` 5.32 ms,
-    ``thread`` 5.69 ms; on an H200 (cuda-h200-5) ``row`` 1.91 ms,
-    ``row-async`` 2.00 ms.
+    bf16, N=16384, V=128256, k=5 (benchmarks/results/cuda-h100-6,
+    tune.csv): ``row`` 1.68 ms, ``row-async`` 1.67 ms, ``warp`` 5.03 ms,
+    ``thread`` 5.39 ms; at V=32000 (cuda-h100-7) ``row`` 0.63 ms,
+    ``row-async`` 0.65 ms. ``row`` stays the default: as fast within 1%,
+    and no cp.async stages in shared memory.
     """
     name = os.environ.get("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
     if name not in _GATES:
@@ -70,24 +74,37 @@ def _forward_gate() -> int:
     return _GATES[name]
 
 
-def _single_pass_shape() -> Tuple[int, int, int, bool]:
+def _single_pass_shape(row_bytes: int) -> Tuple[int, int, int, bool]:
     """Threads per block, blocks per SM, row-cache bytes and staging of the single-pass forward (csrc/cuda/launch.h).
 
     ``CRINGE_KERNELS_CUDA_SINGLE_PASS="THREADS,BLOCKS_PER_SM[,CACHE_KB[,async]]"``
-    (default ``256,3,64``; ``kernel_tune.py`` times a few): more rows in
-    flight hide more latency, as long as their second read still finds them
-    on chip; ``CACHE_KB`` of each row's first bytes are kept in shared memory
-    for that read (clamped to what a block may have), the rest is read again
-    from L2. ``async`` copies the rounds with cp.async (the ``row-async``
-    kernel, whatever ``CRINGE_KERNELS_CUDA_FWD_GATE`` says; ``row-async``
-    there stages the single pass too); staged, 4 or more blocks per SM of at
-    most 256 threads run a build limited to 64 registers, so that all four
-    are resident. Measured on an H100 at bf16, N=16384, V=128256, k=5
-    (forward + gradient, 1 row in 7 ignored; benchmarks/results/cuda-h100-4,
-    tune.csv): 4.41 ms at ``256,3,64``, 4.49 at ``256,3,0``, 4.34 at
-    ``256,3,0,async``, 5.24 at ``256,2,0,async``.
+    or ``auto`` (the default): more rows in flight hide more latency, as
+    long as their second read still finds them on chip; ``CACHE_KB`` of
+    each row's first bytes are kept in shared memory for that read (clamped
+    to what a block may have), the rest is read again from L2 or memory.
+    ``async`` copies the rounds with cp.async (the ``row-async`` kernel,
+    whatever ``CRINGE_KERNELS_CUDA_FWD_GATE`` says; ``row-async`` there
+    stages the single pass too); staged, 4 or more blocks per SM of at most
+    256 threads run a build limited to 64 registers, so that all four are
+    resident.
+
+    ``auto`` takes ``256,3,64`` for rows of up to 128 KB and
+    ``512,2,0,async`` for longer ones. Measured on an H100, bf16,
+    N=16384, k=5, forward + gradient, 1 row in 7 ignored
+    (benchmarks/results/cuda-h100-6 and -7, tune*.csv): V=32000 (a 62.5 KB
+    row, all of it cached) 1.12 ms at ``256,3,64`` against 1.21-1.29 ms for
+    the best staged shapes without a cache; V=50257 (98 KB) 1.73 against
+    1.76 ms; V=128256 (250 KB) 4.06 ms at ``256,3,64``, 4.02 at
+    ``256,3,0,async`` and 3.98 at ``512,2,0,async``, the fastest.
+
+    Parameters
+    ----------
+    row_bytes : int
+        ``V`` times the logits' element size: what ``auto`` decides on.
     """
-    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", _DEFAULT_SINGLE_PASS)
+    raw = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "auto")
+    if raw == "auto":
+        return (256, 3, 64 * 1024, False) if row_bytes <= _AUTO_SHORT_ROW_BYTES else (512, 2, 0, True)
     fields = raw.split(",")
     staged = len(fields) == 4 and fields[3] == "async"
     try:
@@ -96,8 +113,8 @@ def _single_pass_shape() -> Tuple[int, int, int, bool]:
         values = [int(v) for v in fields[:3]]
         threads, blocks, cache_kb = values if len(values) == 3 else (*values, 0)
     except ValueError:
-        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'THREADS,BLOCKS_PER_SM[,CACHE_KB[,async]]'; "
-                         f"got {raw!r}") from None
+        raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'auto' or "
+                         f"'THREADS,BLOCKS_PER_SM[,CACHE_KB[,async]]'; got {raw!r}") from None
     if threads not in (32, 64, 128, 256, 512) or not 1 <= blocks <= 32 or not 0 <= cache_kb <= 1024:
         raise ValueError(f"CRINGE_KERNELS_CUDA_SINGLE_PASS: THREADS must be a power of two in [32, 512], "
                          f"BLOCKS_PER_SM in [1, 32] and CACHE_KB in [0, 1024]; got {raw!r}")
@@ -160,7 +177,7 @@ def launchers(module, stream_of: Callable[[torch.device], int]):
         if pieces > 1:
             workspace = torch.empty(module.forward_workspace_bytes(code, B * T, V, kernel_k, pieces),
                                     dtype=torch.uint8, device=logits.device)
-        shape = _single_pass_shape() if grad is not None else (512, 1, 0, False)
+        shape = _single_pass_shape(V * logits.element_size()) if grad is not None else (512, 1, 0, False)
         module.forward(
             code, logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
             target.data_ptr(), _native.ptr(uniform if kernel_k > 0 else None), kernel_k, ignore_index,
@@ -216,6 +233,7 @@ class CudaRowStats(_native.NativeRowStats):
     """Row statistics by the hand-written CUDA kernels (float16/bfloat16/float32/float64)."""
 
     name = "cuda"
+    kernel_max_k = 64  # csrc/cuda/launch.h kMaxK, _C_cuda.max_k
     ops = OPS
     single_pass_ops = SINGLE_PASS_OPS
 

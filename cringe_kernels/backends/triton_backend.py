@@ -338,6 +338,7 @@ class TritonRowStats(RowStatsBackend):
     """
 
     name = "triton"
+    kernel_max_k = MAX_KERNEL_K
 
     def __init__(self, block_v: Optional[int] = None, sub_v: Optional[int] = None):
         for name, value in (("block_v", block_v), ("sub_v", sub_v)):
