@@ -109,25 +109,31 @@ def _row_stats(
 
 
 def _binary_masks(target: torch.Tensor, feedback: torch.Tensor, ignore_index: int):
-    """``valid``, ``positive`` (``[N]`` bool) and the non-ignored row count of :func:`cringe_loss`."""
+    """``valid`` and ``positive`` rows (``[N]`` bool: not ignored; and with
+    feedback 1) and the count of ``valid`` of :func:`cringe_loss`. The
+    negative rows are ``valid ^ positive``."""
     valid = target.reshape(-1) != ignore_index
-    return valid, feedback.reshape(-1).to(torch.bool), valid.sum()
+    return valid, valid & _as_dtype(feedback.reshape(-1), torch.bool), valid.sum()
 
 
-def _lse_weight(valid: torch.Tensor, positive: torch.Tensor, count: torch.Tensor, reduction: str,
-                num_items_in_batch, dtype: torch.dtype) -> torch.Tensor:
-    """``d loss / d lse`` per row of :func:`cringe_loss` for an upstream gradient of 1.
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatch when it is already so (host time)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
-    Only cross-entropy involves ``lse`` (positive, non-ignored rows), with
-    the weight of the reduction: ``1 / denominator`` by the same division the
-    loss's gradient makes (:func:`_mean_denominator`), so that autograd's
-    ``grad_lse`` equals it bit for bit and the single-pass backward only
-    touches two columns a row.
+
+def _lse_weight(rows: torch.Tensor, denominator: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``d loss / d lse`` per row for an upstream gradient of 1.
+
+    Only cross-entropy involves ``lse``, on ``rows`` (bool, ``[N]``), with the
+    weight of the reduction: ``1 / denominator`` for ``"mean"`` (None
+    otherwise), by the same division the loss's gradient makes
+    (:func:`_reduce`), so that autograd's ``grad_lse`` equals it bit for bit
+    and the single-pass backward only touches two columns a row. Two or
+    three small ops: they run before the kernel's launch, host time the
+    device waits for.
     """
-    one = torch.ones((), dtype=dtype, device=valid.device)
-    if reduction == "mean":
-        one = one / _mean_denominator(count, num_items_in_batch, dtype)
-    return torch.where(valid & positive, one, torch.zeros((), dtype=dtype, device=valid.device)).contiguous()
+    weight = rows.to(dtype)
+    return weight if denominator is None else weight.div_(_as_dtype(denominator, dtype))
 
 
 def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -> torch.Tensor:
@@ -137,22 +143,26 @@ def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -
     return uniform
 
 
-def _mean_denominator(count: torch.Tensor, num_items_in_batch, dtype: torch.dtype) -> torch.Tensor:
-    """What ``"mean"`` divides by: ``num_items_in_batch`` if given, else the
-    non-ignored row count, never 0."""
+def _mean_denominator(count: torch.Tensor, num_items_in_batch, reduction: str,
+                      dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """What ``"mean"`` divides by (None for the other reductions):
+    ``num_items_in_batch`` if given, else the non-ignored row count, never 0.
+    Made once a call and shared by every reduction and weight of it."""
+    if reduction != "mean":
+        return None
     if num_items_in_batch is not None:
         return torch.as_tensor(num_items_in_batch, device=count.device).to(dtype)
     return count.clamp(min=1).to(dtype)
 
 
-def _reduce(values: torch.Tensor, count: torch.Tensor, reduction: str, num_items_in_batch, shape) -> torch.Tensor:
-    """SPEC.md reductions; ``"mean"`` never divides by zero."""
+def _reduce(values: torch.Tensor, denominator: Optional[torch.Tensor], reduction: str, shape) -> torch.Tensor:
+    """SPEC.md reductions; ``denominator`` from :func:`_mean_denominator`."""
     if reduction == "none":
         return values.reshape(shape)
     total = values.sum()
     if reduction == "sum":
         return total
-    return total / _mean_denominator(count, num_items_in_batch, total.dtype)
+    return total / _as_dtype(denominator, total.dtype)
 
 
 def cringe_loss(
@@ -252,28 +262,31 @@ def cringe_loss(
     lse_weight = None
     if single_pass:
         valid, positive, count = _binary_masks(target, feedback, ignore_index)
-        lse_weight = _lse_weight(valid, positive, count, reduction, num_items_in_batch, stats_dtype(logits.dtype))
+        denominator = _mean_denominator(count, num_items_in_batch, reduction, stats_dtype(logits.dtype))
+        lse_weight = _lse_weight(positive, denominator, stats_dtype(logits.dtype))
     stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
     if not single_pass:
         valid, positive, count = _binary_masks(target, feedback, ignore_index)
+        denominator = _mean_denominator(count, num_items_in_batch, reduction, stats_dtype(logits.dtype))
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
         sampled_logit = sampled_logit.detach()
 
-    ce_rows = torch.where(valid & positive, lse - t, 0.0)
-    cr_rows = torch.where(valid & ~positive, F.softplus(t - sampled_logit), 0.0)
+    negative = valid ^ positive
+    ce_rows = torch.where(positive, lse - t, 0.0)
+    cr_rows = torch.where(negative, F.softplus(t - sampled_logit), 0.0)
     if ct_on_positives:
-        cr_rows = cr_rows + torch.where(valid & positive, F.softplus(sampled_logit - t), 0.0)
-    sampled = valid & (~positive | ct_on_positives)
+        cr_rows = cr_rows + torch.where(positive, F.softplus(sampled_logit - t), 0.0)
 
-    ce = _reduce(ce_rows, count, reduction, num_items_in_batch, target.shape)
-    cr = _reduce(cr_rows, count, reduction, num_items_in_batch, target.shape)
-    loss = ce + alpha * cr
+    ce = _reduce(ce_rows, denominator, reduction, target.shape)
+    cr = _reduce(cr_rows, denominator, reduction, target.shape)
+    loss = ce + (cr if alpha == 1 else alpha * cr)  # a host op less each way for the default
     # The outcome of the value checks, now that the kernels are queued behind
     # them (every backend is memory-safe on any value).
     pending.wait()
     if not return_details:
         return loss
+    sampled = valid if ct_on_positives else negative
     sample_index = torch.where(sampled, stats.sample_index, -1).reshape(target.shape)
     logp = torch.where(valid, t - lse, 0.0).reshape(target.shape)
     return CringeOutput(loss, ce, cr, sample_index, logp)
@@ -372,11 +385,15 @@ def pairwise_cringe_loss(
     valid_w = (chosen_target != ignore_index).reshape(B, -1)
     valid_l = (rejected_target != ignore_index).reshape(B, -1)
     count = valid_w.sum() + valid_l.sum()
+    # In the wider of the two statistics' dtypes: converted to either, it is
+    # the value a division in that dtype would use.
+    denominator = _mean_denominator(count, num_items_in_batch, reduction,
+                                    torch.promote_types(stats_dtype(chosen_logits.dtype),
+                                                        stats_dtype(rejected_logits.dtype)))
     weight_w = weight_l = None
     if grad_in_forward and chosen_backend != backends.REFERENCE:
         # With the gate constant, lse enters only the chosen rows' CE.
-        dt = stats_dtype(chosen_logits.dtype)
-        weight_w = _lse_weight(valid_w.reshape(-1), valid_w.reshape(-1), count, reduction, num_items_in_batch, dt)
+        weight_w = _lse_weight(valid_w.reshape(-1), denominator, stats_dtype(chosen_logits.dtype))
         weight_l = torch.zeros(valid_l.numel(), dtype=stats_dtype(rejected_logits.dtype), device=device)
     # Chosen rows need no sample (k=0 skips the top-k in the kernels).
     win = _row_stats(chosen_logits, chosen_target, None, 0, ignore_index, chosen_backend, inplace_backward, weight_w)
@@ -398,9 +415,9 @@ def pairwise_cringe_loss(
     contrast = F.softplus(lose.target_logit - lose.sample_logit).reshape(B, -1)
     cr_b = gate * torch.where(valid_l, contrast, 0.0).sum(dim=1)
 
-    ce = _reduce(ce_b, count, reduction, num_items_in_batch, (B,))
-    cr = _reduce(cr_b, count, reduction, num_items_in_batch, (B,))
-    loss = ce + alpha * cr
+    ce = _reduce(ce_b, denominator, reduction, (B,))
+    cr = _reduce(cr_b, denominator, reduction, (B,))
+    loss = ce + (cr if alpha == 1 else alpha * cr)  # a host op less each way for the default
     pending.wait()
     if not return_details:
         return loss
