@@ -9,14 +9,16 @@
 # installed, and no internet: it installs nothing from an index (the build
 # uses --no-build-isolation --no-deps). Each step is time-boxed with
 # `timeout`; a failing or timed-out step is reported and the script goes on;
-# the exit status is non-zero when any step failed. Measurements come before
-# the tests so that a hung or crashing test cannot cost the numbers; a kernel
+# the exit status is non-zero when any step failed. Order: the numbers
+# (tune, benchmark), then the checks (tests, compute-sanitizer), then the
+# diagnostics (host overhead, trace, ncu profile), so that a hung test cannot
+# cost the numbers and a call cut short loses a diagnostic first; a kernel
 # that faults in the benchmark shows as an ERR cell and again in the tests.
-# The whole run is sized to about 8 minutes on an H100. Run 3 measured:
-# build 58 s, tune 36 s, benchmark 17 s (our six providers at the goal
-# point), 486 GPU tests 68 s; on the same machine memcheck over the quick
-# cases 40 s and racecheck over them ~100 s, while memcheck over every edge
-# case outran 230 s.
+# The whole run takes about 7.5 minutes on an H100. Run 6 measured: build
+# 60 s, tune 43 s, benchmark 15 s (six providers at the goal point), host
+# 23 s, trace 14 s, profile 37 s, 714 GPU tests 86 s; memcheck over the
+# quick cases and the N*V > 2^31 case ~60 s, racecheck over the quick cases
+# ~140 s (run 7). A device call returns only so many files: tar OUT_DIR.
 #
 # OUT_DIR receives: gpu_check.log (everything printed), env.txt, build.log,
 # info.txt, tune.csv, bench/ (results.csv, results.json, summary.txt,
@@ -289,6 +291,10 @@ fi
 # (SIGTERM still writes them).
 export BENCH_BUDGET_S
 step bench $(( BENCH_BUDGET_S + 90 )) bash -o pipefail -c bench
+# Correctness before the diagnostics: a call cut short by its lease (run 6
+# lost racecheck so) should lose a profile, not a check.
+step tests "$TEST_S" bash -o pipefail -c tests
+step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
 step host 60 bash -o pipefail -c host
 BASELINE_S="${GPU_CHECK_BASELINE_S:-0}"
 export BASELINE_S GOAL_POINT
@@ -297,8 +303,6 @@ if [ "$BASELINE_S" -gt 0 ]; then
 fi
 step trace 90 bash -o pipefail -c trace
 step profile "${GPU_CHECK_PROFILE_S:-120}" bash -o pipefail -c profile
-step tests "$TEST_S" bash -o pipefail -c tests
-step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
 echo
 echo "=== gpu_check finished in $(( $(date +%s) - T0 ))s; outputs in $OUT"
 cat "$OUT/steps.txt"
