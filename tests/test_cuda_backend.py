@@ -197,6 +197,31 @@ def test_torch_library_opcheck(kern):
     torch.library.opcheck(backward_.default, (x.clone(), *args))
 
 
+@pytest.mark.parametrize("single", [False, True])
+def test_torch_compile_full_loss_fullgraph(kern, single):
+    """The whole loss through the CUDA ops in one graph (``backend="auto"``
+    takes them on a GPU): two passes, and the single pass, whose gradient
+    rides on the autograd context; Inductor on a GPU."""
+    x = random_logits((2, 5, 300), torch.float32, kern.dev, seed=9)[:, :4]
+    y = random_target((2, 4), 300, kern.dev)
+    fb, u = half_negative((2, 4), kern.dev), torch.rand(2, 4, device=kern.dev)
+    backends.resolve(kern.name, x)  # Dynamo cannot trace the backend's first import
+
+    def loss_fn(logits):
+        return ck.cringe_loss(logits, y, fb, uniform=u, backend=kern.name, grad_in_forward=single,
+                              ct_on_positives=True)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="inductor" if kern.dev == "cuda" else "aot_eager")
+    out = []
+    for fn in (compiled, loss_fn):
+        leaf = x.detach().clone().requires_grad_(True)
+        loss = fn(leaf)
+        loss.backward()
+        out.append((loss.detach(), leaf.grad))
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1])
+
+
 @pytest.mark.gpu
 def test_auto_picks_cuda_first_on_a_gpu(monkeypatch):
     """backend="auto" takes the CUDA kernels on a GPU they run on (the faster
