@@ -20,6 +20,10 @@ random rows in exactly the kernels' column order and counts what each does:
   ``ceil((k+1)/8)``-th largest of the lanes' maxima over their round-0
   columns, the smallest of those over the warps, then a merge).
 
+``triton`` replays the Triton forward's offers of 2048-column blocks in
+512-column pieces; ``triton-seeded`` the same with a seed floor for the
+first block, a variant modelled and not adopted (PERF_NOTES.md, session 9).
+
 Usage: ``python benchmarks/topk_work_model.py [--V 128256] [--k 5] [--rows 4]``
 (bf16: 8 columns per pack). Prints the averages per row; PERF_NOTES.md quotes
 them.
@@ -114,6 +118,41 @@ def row_threshold(x, k, per_pack, lazy=True, seeded=True):
                 rounds=-(-x.size // per_round))
 
 
+def triton_offers(x, k, block=2048, sub=512, seeded=False):
+    """The Triton forward (triton_kernels.row_stats_fwd_kernel, no target
+    column): a block whose max reaches the threshold offers its ``sub``-column
+    pieces; a piece whose best key reaches it enters the insertion loop, one
+    round per pair inserted (each round two reductions over the piece).
+    ``seeded`` (a variant modelled, not adopted): the first block's pieces
+    pass by keys below the ``k``-th largest of 64 group maxima, a lower
+    bound of the row's ``k``-th key."""
+    top = []  # (key, -column) of the live pairs, best first
+    offers = entered = rounds = 0
+    for start in range(0, x.size, block):
+        blk = x[start:start + block]
+        floor = -np.inf
+        groups = min(block, 64)
+        if seeded and start == 0 and 2 * k <= groups and blk.size == block:
+            floor = np.sort(blk.reshape(groups, -1).max(axis=1))[::-1][k - 1]
+        thr = top[-1] if len(top) == k else (-np.inf, -np.inf)
+        if blk.max() < thr[0]:
+            continue
+        for lo in range(0, blk.size, sub):
+            piece = [(float(v), -(start + lo + i)) for i, v in enumerate(blk[lo:lo + sub]) if v >= floor]
+            offers += 1
+            thr = top[-1] if len(top) == k else (-np.inf, -np.inf)
+            beat = sorted((p for p in piece if p > thr), reverse=True)
+            if piece and max(piece)[0] >= thr[0]:
+                entered += 1
+            for p in beat:
+                thr = top[-1] if len(top) == k else (-np.inf, -np.inf)
+                if p <= thr:
+                    break
+                top = sorted(top + [p], reverse=True)[:k]
+                rounds += 1
+    return dict(offers=offers, entered=entered, rounds=rounds)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--V", type=int, default=128256)
@@ -123,7 +162,8 @@ def main() -> int:
     per_pack = 8
     V = args.V - args.V % per_pack
     rng = np.random.default_rng(0)
-    results = {"thread": [], "warp": [], "row": [], "row-unseeded": [], "row-eager": []}
+    results = {"thread": [], "warp": [], "row": [], "row-unseeded": [], "row-eager": [], "triton": [],
+               "triton-seeded": []}
     for _ in range(args.rows):
         x = (rng.standard_normal(V) * 2).astype(np.float32)
         results["thread"].append(thread_lists(x, args.k, per_pack, warp_gate=False))
@@ -131,10 +171,12 @@ def main() -> int:
         results["row"].append(row_threshold(x, args.k, per_pack))
         results["row-unseeded"].append(row_threshold(x, args.k, per_pack, seeded=False))
         results["row-eager"].append(row_threshold(x, args.k, per_pack, lazy=False, seeded=False))
+        results["triton"].append(triton_offers(x, args.k))
+        results["triton-seeded"].append(triton_offers(x, args.k, seeded=True))
     print(f"V={V} k={args.k}, {THREADS} threads, {per_pack} columns per pack, mean of {args.rows} random rows:")
     for name, rows in results.items():
         mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-        print(f"  {name:9s} " + ", ".join(f"{key} {value:.4g}" for key, value in mean.items()))
+        print(f"  {name:15s} " + ", ".join(f"{key} {value:.4g}" for key, value in mean.items()))
     return 0
 
 

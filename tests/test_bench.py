@@ -430,7 +430,7 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
 def test_topk_work_model_runs_and_ranks_the_strategies():
     """benchmarks/topk_work_model.py (quoted in PERF_NOTES.md): the row threshold
     buffers fewer columns than the per-thread lists insert, and fewer with
-    round 0's seed than without."""
+    round 0's seed than without; the Triton replay counts offers and rounds."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "topk_work_model.py"
     out = subprocess.run([sys.executable, str(script), "--V", "40000", "--rows", "1"], capture_output=True,
                          text=True, timeout=300)
@@ -440,10 +440,16 @@ def test_topk_work_model_runs_and_ranks_the_strategies():
     offered = float(lines["row"].split("offered ")[1].split(",")[0])
     unseeded = float(lines["row-unseeded"].split("offered ")[1].split(",")[0])
     merges = {name: float(lines[name].split("merges ")[1].split(",")[0]) for name in ("row", "row-eager")}
-    assert set(lines) == {"thread", "warp", "row", "row-unseeded", "row-eager"} and offered < insertions
+    assert set(lines) == {"thread", "warp", "row", "row-unseeded", "row-eager", "triton", "triton-seeded"}
+    assert offered < insertions
     assert merges["row"] < merges["row-eager"], merges
     # Round 0's seed: no longer the whole first round (8192 columns) offered.
     assert offered < unseeded / 4, (offered, unseeded)
+    # The Triton replay: a seed saves first-block rounds only, never offers.
+    triton = {name: {kv.split()[0]: float(kv.split()[1]) for kv in lines[name].split(None, 1)[1].split(", ")}
+              for name in ("triton", "triton-seeded")}
+    assert triton["triton-seeded"]["offers"] == triton["triton"]["offers"], triton
+    assert 5 <= triton["triton-seeded"]["rounds"] < triton["triton"]["rounds"], triton
 
 
 def test_host_overhead_script_runs(tmp_path):
