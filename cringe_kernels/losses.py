@@ -108,12 +108,15 @@ def _row_stats(
                               inplace_backward, lse_weight)
 
 
-def _binary_masks(target: torch.Tensor, feedback: torch.Tensor, ignore_index: int):
+def _binary_masks(target: torch.Tensor, feedback: torch.Tensor, ignore_index: int, num_items_in_batch,
+                  reduction: str, dtype: torch.dtype):
     """``valid`` and ``positive`` rows (``[N]`` bool: not ignored; and with
-    feedback 1) and the count of ``valid`` of :func:`cringe_loss`. The
-    negative rows are ``valid ^ positive``."""
+    feedback 1) of :func:`cringe_loss`, and the ``"mean"`` denominator
+    (:func:`_mean_denominator`, from the count of ``valid``). The negative
+    rows are ``valid ^ positive``."""
     valid = target.reshape(-1) != ignore_index
-    return valid, valid & _as_dtype(feedback.reshape(-1), torch.bool), valid.sum()
+    denominator = _mean_denominator(valid.sum(), num_items_in_batch, reduction, dtype)
+    return valid, valid & _as_dtype(feedback.reshape(-1), torch.bool), denominator
 
 
 def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -260,14 +263,13 @@ def cringe_loss(
     # they are built while it runs, off the path to its launch.
     single_pass = grad_in_forward and chosen_backend != backends.REFERENCE
     lse_weight = None
+    masks = (target, feedback, ignore_index, num_items_in_batch, reduction, stats_dtype(logits.dtype))
     if single_pass:
-        valid, positive, count = _binary_masks(target, feedback, ignore_index)
-        denominator = _mean_denominator(count, num_items_in_batch, reduction, stats_dtype(logits.dtype))
+        valid, positive, denominator = _binary_masks(*masks)
         lse_weight = _lse_weight(positive, denominator, stats_dtype(logits.dtype))
     stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
     if not single_pass:
-        valid, positive, count = _binary_masks(target, feedback, ignore_index)
-        denominator = _mean_denominator(count, num_items_in_batch, reduction, stats_dtype(logits.dtype))
+        valid, positive, denominator = _binary_masks(*masks)
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
         sampled_logit = sampled_logit.detach()
