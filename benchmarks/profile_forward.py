@@ -61,7 +61,7 @@ def main() -> int:
         for _ in range(2):
             be.forward_with_grad(x, y, u, args.k, -100, weight)
         torch.cuda.synchronize()
-        shape = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "default")
+        shape = os.environ.get("CRINGE_KERNELS_CUDA_SINGLE_PASS", "auto")
         print(f"profile_forward: cuda single pass ({shape}) launched", flush=True)
     except Exception as err:
         print(f"profile_forward: cuda single pass unavailable: {err}")
