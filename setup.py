@@ -18,6 +18,7 @@ EXTRAS = {
     "test": ["pytest>=7", "hypothesis>=6", "numpy", "triton>=3.0", "pybind11>=2.10"],
     "hf": ["transformers>=4.46", "accelerate>=0.26"],
     "bench": ["matplotlib>=3.5"],
+    "feedback": ["scikit-learn>=1.0", "chatterbot-corpus>=1.3", "vaderSentiment>=3.3", "PyYAML>=5.1"],
 }
 
 setup(
