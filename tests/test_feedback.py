@@ -378,3 +378,51 @@ def test_simulation_on_the_shipped_corpus_finds_trolls():
     assert user["user_precision"] > 0.7 and user["user_recall"] > 0.5
     assert user["helper_kept"] > 0.9
     assert user["kept_accuracy"] > none["kept_accuracy"] + 0.1
+
+
+# --------------------------------------------------------------------------
+# Organic feedback for the loop (users persist across rounds)
+# --------------------------------------------------------------------------
+
+
+def _kind_classifier(train_texts, train_labels, test_texts):
+    """Knows the truth of the toy replies: 'kind' ones are good."""
+    return [0.9 if "kind" in t else 0.1 for t in test_texts]
+
+
+def test_user_pool_is_fixed_by_its_seed():
+    from cringe_kernels.feedback.organic import UserPool
+
+    pool = UserPool(users=10, adversarial_share=0.3, seed=4)
+    assert sorted(pool.types.values()).count("troll") == 3 and len(pool.types) == 10
+    assert pool.types == UserPool(users=10, adversarial_share=0.3, seed=4).types
+    items = [dict(prompt="p", completion=f"kind {k}", true_label=True, hard=False) for k in range(30)]
+    assert pool.label(items, 1) == pool.label(items, 1)
+    assert pool.label(items, 1) != pool.label(items, 2)
+    with pytest.raises(ValueError, match="adversarial_types"):
+        UserPool(adversarial_types=("ogre",))
+
+
+def test_organic_feedback_filters_the_log_and_returns_this_round():
+    from cringe_kernels.feedback.organic import OrganicFeedback, UserPool
+
+    feedback = OrganicFeedback(UserPool(users=10, adversarial_share=0.3, noise=1.0, helper_noise=0.0, seed=1),
+                               method="user", threshold=0.5, classifier=_kind_classifier)
+    trolls = {u for u, t in feedback.pool.types.items() if t == "troll"}
+    for round_index in (1, 2):
+        completions = [("kind " if k % 2 else "rude ") + str(k) for k in range(40)]
+        scores = [0.8 if k % 2 else -0.8 for k in range(40)]
+        step = feedback(["p"] * 40, completions, scores, round_index)
+        assert [r["index"] for r in step.records] == list(range(40))
+        assert all(r["round"] == round_index for r in step.records)
+        # Helpers are always right here and trolls always wrong: the filter keeps exactly the helpers.
+        assert step.kept == [r for r in step.records if r["user_id"] not in trolls]
+        assert step.stats["kept_accuracy"] == 1.0 and step.stats["helpers_dropped"] == 0
+        assert step.stats["adversarial_dropped"] == step.stats["adversarial_users"] == len(
+            trolls & {r["user_id"] for r in feedback.log})
+    assert len(feedback.log) == 80
+    clean = OrganicFeedback(None)(["p", "p"], ["kind", "rude"], [0.5, -0.5], 1)
+    assert [r["label"] for r in clean.kept] == [True, False] and clean.stats["wrong_labels"] == 0.0
+    with pytest.raises(ValueError, match="differ in length"):
+        clean_feedback = OrganicFeedback(None)
+        clean_feedback(["p"], ["a", "b"], [0.1, 0.2], 1)

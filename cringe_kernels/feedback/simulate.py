@@ -57,6 +57,7 @@ __all__ = [
     "USER_TYPES",
     "evaluate_filter",
     "format_table",
+    "label_as",
     "load_corpus",
     "run_simulation",
     "simulate_feedback",
@@ -126,19 +127,31 @@ def load_corpus() -> List[Dict[str, Any]]:
             for (p, c), s in zip(pairs, compounds)]
 
 
-def _label(user_type: str, item: Dict[str, Any], rng: np.random.Generator, noise: float,
-           helper_noise: float) -> bool:
+def label_as(user_type: str, item: Dict[str, Any], rng: np.random.Generator, *, noise: float = 0.8,
+             helper_noise: float = 0.05) -> bool:
+    """The thumbs up (True) or down a user of ``user_type`` gives ``item``.
+
+    ``item`` needs ``true_label`` and ``hard``. On the inputs each type sees
+    in :func:`simulate_feedback` this is the table of the module docstring;
+    on any input (the organic loop, where users do not pick what they
+    label) the master troll flips only hard items and the gaslight troll
+    passes only hard bad items as good, and both are truthful otherwise.
+    """
     truth = bool(item["true_label"])
     if user_type == "helper":
-        return truth != (rng.random() < helper_noise)
-    if user_type in ("troll", "master_troll"):
-        return truth != (rng.random() < noise)
+        return truth != bool(rng.random() < helper_noise)
+    if user_type == "troll":
+        return truth != bool(rng.random() < noise)
+    if user_type == "master_troll":
+        return truth != bool(rng.random() < noise) if item["hard"] else truth
     if user_type == "lazy":
         return bool(rng.random() < 0.5) if rng.random() < noise else truth
-    if user_type in ("safe", "gaslight"):
+    if user_type == "safe":
         return True
     if user_type == "unsafe":
         return False
+    if user_type == "gaslight":
+        return True if item["hard"] and not truth else truth
     raise ValueError(f"unknown user type {user_type!r}; expected one of {USER_TYPES}")
 
 
@@ -217,7 +230,7 @@ def simulate_feedback(corpus: Sequence[Dict[str, Any]], *, users: int = 60, adve
             item = pool[int(rng.integers(len(pool)))]
             records.append(dict(
                 user_id=user_id, prompt=item["prompt"], completion=item["completion"],
-                label=_label(user_type, item, rng, noise, helper_noise),
+                label=label_as(user_type, item, rng, noise=noise, helper_noise=helper_noise),
                 conversation_id=f"{user_id}-c{k // turns_per_conversation}",
                 flagged=bool(rng.random() < flag_rate),
                 user_type=user_type, true_label=bool(item["true_label"]), hard=bool(item["hard"])))
