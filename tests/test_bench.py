@@ -96,7 +96,8 @@ def test_a_single_pass_backend_gets_a_single_pass_provider(monkeypatch):
         pytest.skip("the CUDA simulator module is not built")
     monkeypatch.setattr(providers, "kernel_backends", lambda device: ["cuda_sim"])
     by_name = {p.name: p for p in providers.all_providers("cpu")}
-    single = by_name["cuda_sim-single-pass"]
+    assert "single_pass" in by_name["cuda_sim-two-pass"].note and "inplace" in by_name["cuda_sim-inplace"].note
+    single = by_name["cuda_sim"]  # the loss's default: the single pass
     assert single.losses() == providers.CRINGE_LOSSES
     x = torch.randn(2, 3, 50, requires_grad=True)
     target = torch.randint(0, 50, (2, 3))
@@ -136,6 +137,10 @@ def test_byte_model():
     r = {"mode": "bwd", "N": 10, "V": 100, "median_ms": 1.0}
     metrics.fill_bandwidth(r, 4, copy_gbps=0.016)
     assert r["model_bytes"] == 8000 and r["gbps"] == pytest.approx(0.008) and r["frac_copy_bw"] == pytest.approx(0.5)
+    # Ignored rows are not read: only the rows read count.
+    r = {"mode": "bwd", "N": 10, "rows_read": 6, "V": 100, "median_ms": 1.0}
+    metrics.fill_bandwidth(r, 4, copy_gbps=0.016)
+    assert r["model_bytes"] == 4800 and r["frac_copy_bw"] == pytest.approx(0.3)
 
 
 def test_speedups_compare_with_baselines_of_the_same_point():
@@ -167,6 +172,7 @@ def test_workloads_have_n_rows_and_fixed_draws():
         w = workloads.make_workload(loss, 64, 16, "fp32", "cpu", seq_len=4)
         assert sum(t.shape[0] * t.shape[1] if t.dim() == 3 else t.shape[0] for t in w.leaves) == 16
         assert all(t.requires_grad and t.shape[-1] == 64 for t in w.leaves)
+        assert w.rows_read == 16  # no row ignored
     w = workloads.make_workload("binary", 64, 16, "bf16", "cpu", seq_len=4)
     feedback = w.args[2]
     assert feedback.shape == (4, 1) and feedback.sum().item() == 2  # half the sequences negative
@@ -300,15 +306,20 @@ def test_points_run_smallest_first():
     assert sizes == sorted(sizes) and len(sizes) == 12
 
 
-def test_compiled_providers_run_last_and_only_at_the_standard_point(tmp_path):
+def test_compiled_providers_run_last_and_the_reference_only_at_the_standard_point(tmp_path):
     provs = providers.all_providers("cpu")
     cfg = _cfg(tmp_path, vocab_sizes=(256, 512), compile_at="standard")
     tasks = runner.plan(cfg, provs)
     compiled = [t for t in tasks if t.provider.compiled]
-    assert compiled and all((t.V, t.N, t.dtype) == (256, 16, "fp32") for t in compiled)
+    reference = [t for t in compiled if t.provider.name == "reference-compiled"]
+    assert reference and all((t.V, t.N, t.dtype) == (256, 16, "fp32") for t in reference)
+    # Compiled cross-entropy, quick to compile, is the baseline at every point.
+    assert {t.V for t in compiled if t.provider.name == "ce-compiled"} == {256, 512}
     first_compiled = tasks.index(compiled[0])
     assert all(t.provider.compiled for t in tasks[first_compiled:])
     assert not [t for t in runner.plan(cfg.with_(compile_at="none"), provs) if t.provider.compiled]
+    assert {t.V for t in runner.plan(cfg.with_(compile_at="all"), provs) if t.provider.name == "reference-compiled"} \
+        == {256, 512}
 
 
 def test_tiny_sweep_end_to_end(tmp_path, monkeypatch):
@@ -331,6 +342,7 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     for r in rows:
         assert float(r["median_ms"]) > 0 and float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert int(r["rows_read"]) == 32
         assert int(r["model_bytes"]) == metrics.model_bytes(r["mode"], 32, 512, 4)
     ref = [r for r in rows if r["provider"] == "reference"]
     assert all(float(r["speedup_vs_reference"]) == pytest.approx(1.0) for r in ref)
@@ -469,3 +481,4 @@ def test_host_overhead_script_runs(tmp_path):
         assert float(r["fwd_us"]) > 0 and float(r["fwd_bwd_us"]) >= float(r["fwd_us"])
         if r["backend"] == "cpu":
             assert 0 < float(r["to_launch_us"]) < float(r["fwd_us"])
+

@@ -13,6 +13,11 @@ bwd    1 read + 1 write   ``2 * E * s``
 full   2 reads + 1 write  ``3 * E * s``
 ====== ================== ============
 
+``N`` counts the rows the kernels read: a row whose target is
+``ignore_index`` is neither read nor written by them, so it is not counted
+(the column ``rows_read``, counted on the workload's own targets; this
+suite's workloads ignore no row, so it equals ``N`` there).
+
 This is what a fused two-pass design must move (DESIGN.md section 1: the
 forward reads the logits once; the backward reads them again and writes the
 gradient); the ``[N]`` vectors are negligible. Applying it to every provider
@@ -34,7 +39,9 @@ import torch
 #: mode -> (reads, writes) of the logits.
 BYTE_MODEL = {"fwd": (1, 0), "bwd": (1, 1), "full": (2, 1)}
 
-BYTE_MODEL_TEXT = ("bytes = (reads + writes) * N * V * sizeof(dtype); fwd: 1 read; bwd: 1 read + 1 write; "
+BYTE_MODEL_TEXT = ("bytes = (reads + writes) * rows_read * V * sizeof(dtype), rows_read = rows whose target is "
+                   "not ignore_index (ignored rows are not read; counted on the benchmark's own targets); "
+                   "fwd: 1 read; bwd: 1 read + 1 write; "
                    "full: 2 reads + 1 write (the fused two-pass design), the same for every provider; "
                    "copy bandwidth: dst.copy_(src) counted as 1 read + 1 write")
 
@@ -124,8 +131,14 @@ def add_speedups(records: List[dict]) -> None:
 
 
 def fill_bandwidth(record: dict, element_size: int, copy_gbps: Optional[float]) -> None:
-    """Set ``model_bytes``, ``gbps`` and ``frac_copy_bw`` of one record."""
-    record["model_bytes"] = model_bytes(record["mode"], record["N"], record["V"], element_size)
+    """Set ``model_bytes``, ``gbps`` and ``frac_copy_bw`` of one record.
+
+    Rows counted: ``record["rows_read"]`` when set (the rows not ignored),
+    else ``record["N"]``.
+    """
+    rows = record.get("rows_read")
+    record["model_bytes"] = model_bytes(record["mode"], record["N"] if rows is None else rows, record["V"],
+                                        element_size)
     bw = gbps(record["model_bytes"], record.get("median_ms"))
     record["gbps"] = bw
     record["frac_copy_bw"] = bw / copy_gbps if (bw and copy_gbps) else None

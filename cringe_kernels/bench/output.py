@@ -7,7 +7,7 @@ import json
 import math
 import os
 from dataclasses import asdict
-from typing import Dict, Iterable, List, Optional, TextIO
+from typing import Dict, Iterable, List, Optional, Sequence, TextIO
 
 from .metrics import BYTE_MODEL_TEXT
 
@@ -17,7 +17,7 @@ from .metrics import BYTE_MODEL_TEXT
 COLUMNS = (
     "device", "provider", "loss", "mode", "V", "N", "dtype", "status", "reason",
     "median_ms", "p20_ms", "p80_ms", "reps", "first_call_ms",
-    "peak_mem_mib", "model_bytes", "gbps", "frac_copy_bw",
+    "peak_mem_mib", "rows_read", "model_bytes", "gbps", "frac_copy_bw",
     "speedup_vs_reference", "speedup_vs_reference_compiled", "speedup_vs_ce_eager", "speedup_vs_ce_compiled",
     "note",
 )
@@ -54,13 +54,20 @@ class CsvAppender:
         self._file.close()
 
 
-def write_csv(records: Iterable[dict], path: str) -> None:
-    """All records under :data:`COLUMNS` (other keys are left to the JSON)."""
+def write_csv(records: Iterable[dict], path: str, columns: Sequence[str] = COLUMNS) -> None:
+    """All records under ``columns`` (default :data:`COLUMNS`; other keys are left to the JSON)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for r in records:
-            writer.writerow([_cell(r.get(c)) for c in COLUMNS])
+            writer.writerow([_cell(r.get(c)) for c in columns])
+
+
+def write_doc(doc: dict, path: str) -> None:
+    """``doc`` as indented JSON (NaN and infinities as null)."""
+    with open(path, "w") as f:
+        json.dump(_jsonable(doc), f, indent=1)
+        f.write("\n")
 
 
 def read_csv(path: str) -> List[Dict[str, str]]:
@@ -121,7 +128,7 @@ def _fmt_mib(r: Optional[dict]) -> str:
     return "NA" if v is None else f"{v:.0f}"
 
 
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+def table(header: List[str], rows: List[List[str]]) -> List[str]:
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) if i >= 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return [line(header), "-" * len(line(header))] + [line(r) for r in rows]
@@ -167,6 +174,14 @@ def summary(result) -> str:
     ]
     if result.copy_bandwidth:
         out.append(f"device copy bandwidth: {result.copy_bandwidth['gbps']:.1f} GB/s (read+write)")
+    compiled_at = {}
+    for r in records:
+        if r["provider"].endswith("-compiled") and r["status"] == "ok":
+            compiled_at.setdefault(r["provider"], []).append(f"{r['V']}x{r['N']} {r['dtype']}")
+    for name, where in compiled_at.items():
+        where = list(dict.fromkeys(where))
+        out.append(f"{name} measured at V x N = {', '.join(where)} only" if len(where) < len(
+            {(r["V"], r["N"], r["dtype"]) for r in records}) else f"{name} measured at every point")
     settings = env.get("settings") or {}
     out.append("settings: " + (" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults (no CRINGE_KERNELS_*)"))
     if not keys:
@@ -174,11 +189,11 @@ def summary(result) -> str:
     out += ["", "median time, ms (skip/ERR: see the CSV's reason column; -: not run)"]
     header = ["loss mode V N dtype"] + providers
     rows = [[f"{k[0]} {k[1]} {k[2]} {k[3]} {k[4]}"] + [cell(p, k, _fmt_ms) for p in providers] for k in keys]
-    out += _table(header, rows)
+    out += table(header, rows)
     full_keys = [k for k in keys if k[1] == "full"] or keys
     out += ["", f"peak memory beyond the inputs, MiB, mode {full_keys[0][1]} ({result.memory_method})"]
     rows = [[f"{k[0]} {k[1]} {k[2]} {k[3]} {k[4]}"] + [cell(p, k, _fmt_mib) for p in providers] for k in full_keys]
-    out += _table(header, rows)
+    out += table(header, rows)
     best = _best_kernel_lines(records)
     if best:
         out += ["", "fastest of our kernels, full mode: speedup vs eager reference / vs F.cross_entropy; "

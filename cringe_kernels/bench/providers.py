@@ -8,18 +8,23 @@ Cringe providers (losses ``binary`` and ``pairwise``):
     ``torch.compile`` of the same call (graph breaks where the reference is
     data dependent); skipped with the error when compiling fails.
 ``<backend>``, ``<backend>-inplace``
-    Every kernel backend in ``available_backends(device)``, and the same with
-    ``inplace_backward=True`` (the gradient overwrites the logits).
-``<backend>-single-pass``
+    Every kernel backend in ``available_backends(device)`` with the loss's
+    defaults (the single pass, gradient written during the forward, where
+    the backend has one: compare it in ``full`` mode, its ``bwd`` is nearly
+    free), and with ``inplace_backward=True`` (two passes, the gradient
+    over the logits).
+``<backend>-two-pass``
     For a backend with a single-pass kernel (all of ours):
-    ``grad_in_forward=True``, the gradient written during the forward, so
-    compare it in ``full`` mode (its ``bwd`` is nearly free).
+    ``single_pass=False``, statistics in the forward, the gradient in the
+    backward.
 
 Cross-entropy providers (loss ``ce``), the floor a fused Cringe loss is
 measured against, since Cringe does the same vocabulary pass plus a top-k:
 
 ``ce-eager``, ``ce-compiled``
-    ``torch.nn.functional.cross_entropy``, eager and ``torch.compile``'d.
+    ``torch.nn.functional.cross_entropy``, eager and ``torch.compile``'d;
+    the compiled one runs at every point (its compile takes seconds), unlike
+    the compiled reference (see :mod:`.config`).
 ``liger-ce``
     Liger-Kernel's fused cross-entropy (``LigerCrossEntropyLoss``), when
     ``liger_kernel`` is installed and the device is CUDA. It computes the
@@ -57,8 +62,12 @@ class Provider:
         ``build(loss) -> fn(*workload.args) -> scalar Tensor``; called once per
         loss and cached (a compiled function is compiled once per shape).
     compiled : bool
-        Runs only at the standard point unless ``--compile-at all``, and after
-        every eager provider (a slow compile cannot starve the rest).
+        Runs after every eager provider (a slow compile cannot starve the
+        rest), and only at the standard point unless ``--compile-at all`` or
+        ``compile_everywhere``.
+    compile_everywhere : bool
+        A compiled provider quick enough to compile at every point (unless
+        ``--compile-at none``).
     mutates : {None, "forward", "backward"}
         Which pass overwrites the logits; the runner refills them (untimed)
         before the next call.
@@ -76,6 +85,7 @@ class Provider:
     family: str
     build: Callable[[str], Callable]
     compiled: bool = False
+    compile_everywhere: bool = False
     mutates: Optional[str] = None
     extra_bytes: Callable[[int, int], int] = lambda n, s: n * s
     note: str = ""
@@ -92,15 +102,19 @@ class Provider:
         return self._cache[loss]
 
 
-def cringe_fn(loss: str, backend: str, k: int, inplace: bool = False, single_pass: bool = False) -> Callable:
-    """Plain function computing the ``loss`` Cringe loss with ``backend``."""
+def cringe_fn(loss: str, backend: str, k: int, inplace: bool = False, single_pass: Optional[bool] = None) -> Callable:
+    """Plain function computing the ``loss`` Cringe loss with ``backend``.
+
+    ``single_pass`` None keeps the loss's default (the single pass where the
+    backend has one, unless ``inplace``).
+    """
     from .. import cringe_loss, pairwise_cringe_loss
 
     opts = dict(k=k, backend=backend)
     if inplace:
         opts["inplace_backward"] = True
-    if single_pass:
-        opts["grad_in_forward"] = True
+    if single_pass is not None:
+        opts["single_pass"] = single_pass
     if loss == "binary":
         def binary(logits, target, feedback, uniform):
             return cringe_loss(logits, target, feedback, uniform=uniform, **opts)
@@ -195,20 +209,23 @@ def all_providers(device, k: int = 5) -> List[Provider]:
                  note="torch.compile(backend='reference')"),
     ]
     for name in kernel_backends(device):
+        single = _has_single_pass(name)
         providers.append(Provider(name, "cringe", lambda loss, b=name: cringe_fn(loss, b, k),
-                                  extra_bytes=lambda n, s: n * s, note=f"backend={name!r}"))
+                                  extra_bytes=lambda n, s: n * s,
+                                  note=f"backend={name!r}" + (" (single pass: gradient in the forward)" if single
+                                                              else "")))
+        if single:
+            providers.append(Provider(f"{name}-two-pass", "cringe",
+                                      lambda loss, b=name: cringe_fn(loss, b, k, single_pass=False),
+                                      extra_bytes=lambda n, s: n * s,
+                                      note=f"backend={name!r}, single_pass=False (gradient in the backward)"))
         providers.append(Provider(f"{name}-inplace", "cringe", lambda loss, b=name: cringe_fn(loss, b, k, True),
                                   mutates="backward", extra_bytes=lambda n, s: 0,
                                   note=f"backend={name!r}, inplace_backward=True"))
-        if _has_single_pass(name):
-            providers.append(Provider(f"{name}-single-pass", "cringe",
-                                      lambda loss, b=name: cringe_fn(loss, b, k, single_pass=True),
-                                      extra_bytes=lambda n, s: n * s,
-                                      note=f"backend={name!r}, grad_in_forward=True (gradient in the forward)"))
     providers += [
         Provider("ce-eager", "ce", lambda loss: ce_fn, extra_bytes=lambda n, s: n * (2 * s + 4),
                  note="F.cross_entropy, eager"),
-        Provider("ce-compiled", "ce", lambda loss: _compile(ce_fn), compiled=True,
+        Provider("ce-compiled", "ce", lambda loss: _compile(ce_fn), compiled=True, compile_everywhere=True,
                  extra_bytes=lambda n, s: n * (s + 4), unavailable=no_compile,
                  note="torch.compile(F.cross_entropy)"),
         Provider("liger-ce", "ce", _liger_build, mutates="forward", extra_bytes=lambda n, s: 0,
@@ -260,8 +277,8 @@ def _has_single_pass(name: str) -> bool:
 
 
 def _base_backend(name: str) -> str:
-    """``cuda`` for ``cuda``, ``cuda-inplace`` and ``cuda-single-pass``."""
-    for suffix in ("-inplace", "-single-pass"):
+    """``cuda`` for ``cuda``, ``cuda-inplace`` and ``cuda-two-pass``."""
+    for suffix in ("-inplace", "-two-pass"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

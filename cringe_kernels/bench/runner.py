@@ -69,21 +69,26 @@ def plan(cfg: SweepConfig, providers: List[Provider]) -> List[Task]:
 
     Compiled providers run where ``cfg.compile_at`` says: at the standard
     point (or, when the sweep does not contain it, at the sweep's first
-    point), at all points, or nowhere.
+    point; a provider marked ``compile_everywhere`` at every point), at all
+    points, or nowhere.
     """
     points = cfg.points()
     standard = tuple(cfg.standard) if tuple(cfg.standard) in points else (points[0] if points else None)
+
+    def runs_here(p: Provider, point) -> bool:
+        if not p.compiled or cfg.compile_at == "all":
+            return True
+        return cfg.compile_at == "standard" and (p.compile_everywhere or point == standard)
+
     tasks: List[Task] = []
     for compiled in (False, True):
         for V, N, dtype in points:
-            if compiled and cfg.compile_at != "all" and (cfg.compile_at == "none" or (V, N, dtype) != standard):
-                continue
             # Compiled: cross-entropy first, its compile is quick; the
             # reference's may not finish within a time budget.
             losses = ("ce",) + tuple(cfg.losses) if compiled else tuple(cfg.losses) + ("ce",)
             for loss in losses:
                 for p in providers:
-                    if p.compiled != compiled or loss not in p.losses():
+                    if p.compiled != compiled or loss not in p.losses() or not runs_here(p, (V, N, dtype)):
                         continue
                     for mode in cfg.modes:
                         tasks.append(Task(p, loss, V, N, dtype, mode))
@@ -261,6 +266,8 @@ def run_sweep(cfg: SweepConfig, providers: Optional[List[Provider]] = None,
                         values = {"status": "skipped", "reason": f"torch.compile failed: {values['reason']}"}
                         disabled[name] = f"{values['reason']} (earlier)"
                 record = _record(task, cfg, **values)
+                if workload is not None:
+                    record["rows_read"] = workload.rows_read
                 metrics.fill_bandwidth(record, element_size, copy_gbps)
                 emit(record)
                 shown = (f"{record['median_ms']:.3f} ms" if record["status"] == "ok"

@@ -26,6 +26,9 @@ import torch
 
 from .config import DTYPES
 
+#: The losses' default ``ignore_index``, which the providers use.
+IGNORE_INDEX = -100
+
 
 def shape_rows(N: int, seq_len: int) -> Tuple[int, int]:
     """``(B, T)`` with ``B * T == N``, ``B`` even and ``T <= seq_len``.
@@ -55,6 +58,9 @@ class Workload:
         Positional arguments of the providers' loss functions for this loss.
     leaves : tuple of Tensor
         The logits tensors (gradients are taken with respect to them).
+    rows_read : int
+        Rows whose target is not ``ignore_index`` (-100): the rows a kernel
+        reads, counted by the byte model.
     """
 
     loss: str
@@ -64,6 +70,7 @@ class Workload:
     args: tuple
     leaves: tuple
     seed: int
+    rows_read: int = 0
 
     @property
     def logits_bytes(self) -> int:
@@ -111,19 +118,23 @@ def make_workload(loss: str, V: int, N: int, dtype: str, device, seq_len: int, s
     def targets(*shape):
         return torch.randint(0, V, shape, generator=gen, device=device)
 
+    def read(*ys) -> int:
+        return int(sum((y != IGNORE_INDEX).sum().item() for y in ys))
+
     if loss == "binary":
         x = logits(B, T)
         y = targets(B, T)
         feedback = (torch.arange(B, device=device) % 2 == 0).unsqueeze(1)
         u = torch.rand(B, T, generator=gen, device=device)
-        return Workload(loss, V, N, dtype, (x, y, feedback, u), (x,), seed)
+        return Workload(loss, V, N, dtype, (x, y, feedback, u), (x,), seed, read(y))
     if loss == "pairwise":
         P = B // 2
         xw, xl = logits(P, T), logits(P, T)
         yw, yl = targets(P, T), targets(P, T)
         u = torch.rand(P, T, generator=gen, device=device)
-        return Workload(loss, V, N, dtype, (xw, yw, xl, yl, u), (xw, xl), seed)
+        return Workload(loss, V, N, dtype, (xw, yw, xl, yl, u), (xw, xl), seed, read(yw, yl))
     if loss == "ce":
         x = logits(N)
-        return Workload(loss, V, N, dtype, (x, targets(N)), (x,), seed)
+        y = targets(N)
+        return Workload(loss, V, N, dtype, (x, y), (x,), seed, read(y))
     raise ValueError(f"unknown loss {loss!r}")
