@@ -482,3 +482,202 @@ def test_host_overhead_script_runs(tmp_path):
         if r["backend"] == "cpu":
             assert 0 < float(r["to_launch_us"]) < float(r["fwd_us"])
 
+
+# ---------------------------------------------------------------- hidden-state and training-step modes
+
+
+def test_step_modes_take_their_own_options():
+    from cringe_kernels.bench import hidden_states, train_step
+
+    cfg = cli.parse_args(["--device", "cpu", "--linear"])
+    assert cfg == hidden_states.preset("cpu")
+    # Issue 18's CPU goal shape is the default point.
+    assert cfg.points() == [(8192, 512, 32000, "fp32")]
+    assert hidden_states.preset("cuda").points() == [(16384, 4096, 128256, "bf16")]
+    cfg = cli.parse_args(["--device", "cpu", "--linear", "--N", "64,128", "--D", "32", "--V", "500",
+                          "--chunk-size", "16", "--losses", "pairwise", "--providers", "linear,matmuls"])
+    assert cfg.row_counts == (64, 128) and cfg.hidden_sizes == (32,) and cfg.vocab_sizes == (500,)
+    assert cfg.chunk_size == 16 and cfg.losses == ("pairwise",) and cfg.providers == ("linear", "matmuls")
+    cfg = cli.parse_args(["--device", "cpu", "--train-step", "--D", "128", "--layers", "3", "--batch", "4",
+                          "--seq-len", "64", "--V", "1000", "--dtypes", "bf16"])
+    assert isinstance(cfg, train_step.TrainStepConfig)
+    assert (cfg.hidden_size, cfg.layers, cfg.batch, cfg.seq_len, cfg.vocab_size, cfg.dtype) == (
+        128, 3, 4, 64, 1000, "bf16")
+    assert cfg.hidden_size % cfg.heads == 0
+    gpu = train_step.preset("cuda")
+    assert (gpu.hidden_size, gpu.layers, gpu.vocab_size, gpu.batch, gpu.seq_len) == (2048, 8, 128256, 4, 2048)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--D", "32"], ["--layers", "2"], ["--linear", "--modes", "fwd"], ["--linear", "--layers", "2"],
+    ["--train-step", "--N", "64"], ["--train-step", "--V", "100,200"], ["--linear", "--train-step"],
+    ["--linear", "--chunk-size", "0"], ["--train-step", "--compile-at", "all"],
+])
+def test_step_mode_options_in_the_wrong_mode_exit_with_status_2(argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--device", "cpu"] + argv)
+    assert exc.value.code == 2
+
+
+class _FakeMeter(timing.MemoryMeter):
+    """Reports a fixed peak, so the subtraction of what the step keeps is checked exactly."""
+
+    method = "fake"
+
+    def __init__(self, peak):
+        self.peak = peak
+
+    def measure(self, fn):
+        fn()
+        return timing.MemoryReading(self.peak)
+
+
+def test_measure_step_subtracts_what_the_step_keeps():
+    from cringe_kernels.bench import steps
+
+    timer = timing.CpuTimer(warmup=1, rep_ms=1.0, min_reps=2, max_reps=2)
+    kept = (torch.zeros(1024), torch.zeros(256, dtype=torch.float64))  # 4 KiB + 2 KiB
+    values = steps.measure_step(lambda: kept, timer, _FakeMeter(10 << 20))
+    assert values["kept_mib"] == pytest.approx(6 / 1024)
+    assert values["peak_mem_mib"] == pytest.approx(10 - 6 / 1024)
+    assert values["reps"] == 2 and values["median_ms"] >= 0
+    # Never below zero when the peak came before what is kept.
+    assert steps.measure_step(lambda: kept, timer, _FakeMeter(1024))["peak_mem_mib"] == 0
+
+
+def test_fill_ratio_compares_only_the_same_point():
+    from cringe_kernels.bench import steps
+
+    def rec(provider, loss, ms, N=8):
+        return {"provider": provider, "loss": loss, "N": N, "status": "ok", "median_ms": ms}
+    records = [rec("base", "binary", 10.0), rec("fast", "binary", 2.0), rec("other", "binary", 5.0),
+               rec("fast", "binary", 4.0, N=16), {"provider": "broken", "loss": "binary", "N": 8,
+                                                    "status": "error", "median_ms": None}]
+    point = lambda r: (r["N"],)
+    steps.fill_ratio(records, point, "speedup", lambda r: [("binary", "base")], "median_ms", invert=True)
+    steps.fill_ratio(records, point, "vs_best", lambda r: [("binary", "fast"), ("binary", "other")], "median_ms")
+    assert [r["speedup"] for r in records] == [1.0, 5.0, 2.0, None, None]
+    assert records[0]["vs_best"] == pytest.approx(5.0)  # the faster of the two baselines
+    assert records[3]["vs_best"] == 1.0 and records[4]["vs_best"] is None
+
+
+def test_hidden_state_providers_compute_the_same_gradients():
+    """Every Cringe provider of --linear computes the loss's gradients (the
+    floor excepted, which does only its matmuls); the CE ones plain CE's."""
+    from cringe_kernels.bench import hidden_states
+
+    provs = {p.name: p for p in hidden_states.all_providers("cpu", k=3, chunk_size=24)}
+    assert provs["liger-flce"].unavailable and provs["cce"].unavailable  # GPU kernels: skipped with a reason
+    assert not provs["linear"].unavailable, provs["linear"].unavailable
+    for loss in ("binary", "pairwise"):
+        w = hidden_states.make_workload(loss, 64, 16, 300, "fp64", "cpu", seq_len=16)
+        want = provs["logits+cringe"].build(w)()
+        assert len(want) == len(w.hidden) + 1
+        for name in ("linear", "matmuls+kernel", "matmuls+kernel-single-pass"):
+            got = provs[name].build(w)()
+            for g, ref in zip(got, want):
+                torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12, msg=f"{name} {loss}")
+        floor = provs["matmuls"].build(w)()
+        logits = [h.detach() @ w.weight.detach().T for h in w.hidden]
+        torch.testing.assert_close(floor[0], (logits[0] @ w.weight.detach()).view_as(w.hidden[0]))
+        torch.testing.assert_close(floor[-1], sum(x.reshape(-1, 300).T @ h.detach().reshape(-1, 16)
+                                                  for x, h in zip(logits, w.hidden)))
+    w = hidden_states.make_workload("binary", 64, 16, 300, "fp64", "cpu", seq_len=16)
+    got = provs["logits+ce"].build(w)()
+    h, W = (t.detach().requires_grad_(True) for t in (w.hidden[0], w.weight))
+    want = torch.autograd.grad(torch.nn.functional.cross_entropy((h @ W.T).reshape(-1, 300),
+                                                                 w.targets[0].reshape(-1)), (h, W))
+    for g, ref in zip(got, want):
+        torch.testing.assert_close(g, ref)
+
+
+def test_linear_mode_end_to_end(tmp_path):
+    from cringe_kernels.bench import hidden_states
+
+    out = tmp_path / "linear"
+    start = time.perf_counter()
+    status = cli.main(["--device", "cpu", "--linear", "--quick", "--N", "64", "--D", "16", "--V", "300",
+                       "--out", str(out), "--no-progress", "--threads", "1", "--max-reps", "2", "--min-reps", "1",
+                       "--rep-ms", "1", "--warmup-ms", "1"])
+    assert time.perf_counter() - start < 60
+    assert status == 0
+    rows = output.read_csv(out / output.CSV_NAME)
+    with open(out / output.CSV_NAME) as f:
+        assert tuple(f.readline().strip().split(",")) == hidden_states.COLUMNS
+    by = {(r["provider"], r["loss"]): r for r in rows}
+    cringe = ["linear", "logits+cringe", "matmuls", "matmuls+kernel", "matmuls+kernel-single-pass"]
+    assert set(by) == {(p, loss) for p in cringe for loss in ("binary", "pairwise")} | {
+        ("logits+ce", "ce"), ("liger-flce", "ce"), ("cce", "ce")}
+    assert by[("liger-flce", "ce")]["status"] == "skipped" and "CUDA" in by[("liger-flce", "ce")]["reason"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(rows) - 2
+    for r in ok:
+        assert (r["N"], r["D"], r["V"], r["dtype"]) == ("64", "16", "300", "fp32")
+        assert float(r["median_ms"]) > 0 and r["peak_mem_mib"] != ""
+        # The step keeps the gradients of hidden and weight: (N + V) * D floats.
+        assert float(r["kept_mib"]) == pytest.approx((64 + 300) * 16 * 4 / 2**20)
+        assert float(r["matmul_tflops"]) == pytest.approx(6 * 64 * 16 * 300 / float(r["median_ms"]) / 1e9, rel=1e-4)
+    for loss in ("binary", "pairwise"):
+        assert float(by[("logits+cringe", loss)]["speedup_vs_logits"]) == pytest.approx(1.0)
+        assert float(by[("matmuls", loss)]["time_vs_matmuls"]) == pytest.approx(1.0)
+        lin = by[("linear", loss)]
+        assert float(lin["speedup_vs_logits"]) == pytest.approx(
+            float(by[("logits+cringe", loss)]["median_ms"]) / float(lin["median_ms"]), rel=1e-4)
+        floor = min(float(by[(p, loss)]["median_ms"]) for p in ("matmuls+kernel", "matmuls+kernel-single-pass"))
+        assert float(lin["time_vs_matmuls_kernel"]) == pytest.approx(float(lin["median_ms"]) / floor, rel=1e-4)
+    with open(out / output.JSON_NAME) as f:
+        doc = json.load(f)
+    assert doc["mode"].startswith("hidden states") and "6 * N * D * V" in doc["flop_model"]
+    assert "gradients" in doc["memory_method"] and doc["environment"]["git_commit"]
+    summary = (out / output.SUMMARY_NAME).read_text()
+    assert "goals (issue 18)" in summary and "linear" in summary and "N=64 D=16 V=300 fp32" in summary
+
+
+def test_train_step_mode_end_to_end(tmp_path):
+    pytest.importorskip("transformers")
+    from cringe_kernels.bench import train_step
+
+    out = tmp_path / "train"
+    start = time.perf_counter()
+    status = cli.main(["--device", "cpu", "--train-step", "--quick", "--out", str(out), "--no-progress",
+                       "--threads", "1", "--max-reps", "2", "--min-reps", "1", "--rep-ms", "1", "--warmup-ms", "1"])
+    assert time.perf_counter() - start < 60
+    assert status == 0
+    rows = output.read_csv(out / output.CSV_NAME)
+    with open(out / output.CSV_NAME) as f:
+        assert tuple(f.readline().strip().split(",")) == train_step.COLUMNS
+    by = {r["provider"]: r for r in rows}
+    assert list(by) == ["hf-ce", "cringe-logits", "cringe-hidden", "liger-flce", "cce"]
+    for name in ("hf-ce", "cringe-logits", "cringe-hidden"):
+        r = by[name]
+        assert r["status"] == "ok", r
+        assert int(r["tokens"]) == 2 * 16
+        assert float(r["tokens_per_s"]) == pytest.approx(32 / (float(r["median_ms"]) * 1e-3), rel=1e-4)
+        assert float(r["params_m"]) > 0 and r["peak_mem_mib"] != ""
+    assert float(by["hf-ce"]["speedup_vs_hf_ce"]) == pytest.approx(1.0)
+    assert by["cce"]["status"] == "skipped"
+    with open(out / output.JSON_NAME) as f:
+        doc = json.load(f)
+    assert doc["config"]["layers"] == 1 and doc["environment"]["transformers"]
+    if doc["files"].get("plots"):
+        assert (out / "plot_train_step.png").stat().st_size > 1000
+
+
+def test_train_step_losses_from_logits_and_from_hidden_states_agree():
+    """The two Cringe providers of --train-step compute the same loss and
+    gradients on the same model and batch (same draws)."""
+    pytest.importorskip("transformers")
+    from cringe_kernels.bench import train_step
+
+    cfg = train_step.preset("cpu", "quick").with_(dtype="fp64")
+    model, batch = train_step.build_model(cfg), train_step.make_batch(cfg)
+    fns = train_step.loss_fns(cfg)
+    results = []
+    for name in ("cringe-logits", "cringe-hidden"):
+        model.zero_grad(set_to_none=True)
+        loss = fns[name](model, batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)

@@ -9,6 +9,13 @@ Examples
     A smoke run.
 ``python -m cringe_kernels.bench --providers reference,cuda,ce-eager --modes full --V 128256 --N 4096 --dtypes bf16``
     One point, three providers.
+``python -m cringe_kernels.bench --linear``
+    The losses from hidden states against the logits path, the matmul
+    floors and the fused cross-entropy libraries, at issue 18's goal shape
+    for the device, into ``benchmarks/results/<device tag>-linear/``.
+``python -m cringe_kernels.bench --train-step``
+    One optimizer step of a Llama-style model per sample, per loss, into
+    ``benchmarks/results/<device tag>-train-step/``.
 
 Exit status: 0 when every measurement ran or was skipped for a recorded
 reason, 1 when a measurement raised an error or the sweep was interrupted
@@ -69,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_const", dest="preset", const="full",
                       help="larger sweep, compiled providers at every point, more repetitions")
     p.set_defaults(preset="default")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--linear", action="store_true",
+                      help="hidden-state mode: linear_cringe_loss against hidden @ weight.T + cringe_loss, the "
+                           "matmul floors, Liger's fused linear CE and CCE (one forward+backward step per sample)")
+    mode.add_argument("--train-step", action="store_true",
+                      help="training-step mode: one AdamW step of a LlamaConfig decoder per sample, per loss")
     p.add_argument("--providers", type=_list, default=None,
                    help="comma list of providers or groups (all, kernels, baselines, ce, reference); "
                         "see --list-providers")
@@ -90,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-reps", type=int, default=None)
     p.add_argument("--max-reps", type=int, default=None)
     p.add_argument("--rep-ms", type=float, default=None, help="target sampling time per measurement")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (every mode)")
     p.add_argument("--k", type=int, default=None, help="Cringe candidates (default 5)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None,
@@ -98,7 +111,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--value-checks", action="store_true",
                    help="keep the package's input value checks on (one host sync per call)")
     p.add_argument("--list-providers", action="store_true", help="print the providers and whether they run here")
+    p.add_argument("--D", type=_ints, default=None, help="hidden sizes (--linear; --train-step: one value)")
+    p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused losses (default: theirs)")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (--train-step)")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (--train-step; --seq-len tokens each)")
     return p
+
+
+#: Options of the logits sweep that the whole-step modes do not take.
+SWEEP_ONLY = ("modes", "compile_at")
+#: Options of the whole-step modes that the logits sweep does not take.
+STEP_ONLY = ("D", "chunk_size", "layers", "batch")
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    mode = "--linear" if args.linear else "--train-step" if args.train_step else None
+    if mode is None:
+        bad = [name for name in STEP_ONLY if getattr(args, name) is not None]
+        if bad:
+            raise ValueError(f"--{bad[0].replace('_', '-')} applies to --linear or --train-step only")
+        return
+    bad = [name for name in SWEEP_ONLY if getattr(args, name) is not None]
+    if mode == "--linear":
+        bad += [name for name in ("layers", "batch") if getattr(args, name) is not None]
+    else:
+        bad += [name for name in ("N", "losses") if getattr(args, name) is not None]
+        for name in ("V", "D", "dtypes"):
+            if getattr(args, name) is not None and len(getattr(args, name)) != 1:
+                raise ValueError(f"--{name} takes one value with --train-step")
+    if bad:
+        raise ValueError(f"--{bad[0].replace('_', '-')} does not apply to {mode}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    for name in ("layers", "batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+
+
+def _common_changes(args: argparse.Namespace) -> dict:
+    changes = {name: value for name, value in (
+        ("providers", tuple(args.providers) if args.providers else None), ("out_dir", args.out),
+        ("time_budget_s", args.time_budget), ("warmup", args.warmup), ("warmup_ms", args.warmup_ms),
+        ("min_reps", args.min_reps), ("max_reps", args.max_reps), ("rep_ms", args.rep_ms), ("seed", args.seed),
+        ("threads", args.threads), ("k", args.k), ("chunk_size", args.chunk_size), ("seq_len", args.seq_len),
+    ) if value is not None}
+    if args.no_plot:
+        changes["plot"] = False
+    if args.no_progress:
+        changes["progress"] = False
+    if args.value_checks:
+        changes["value_checks"] = True
+    return changes
+
+
+def hidden_config_from_args(args: argparse.Namespace):
+    """The ``--linear`` preset for the device, overridden by every option given."""
+    from . import hidden_states
+
+    cfg = hidden_states.preset(resolve_device(args.device), args.preset)
+    changes = _common_changes(args)
+    for name, value in (("row_counts", args.N), ("hidden_sizes", args.D), ("vocab_sizes", args.V),
+                        ("dtypes", args.dtypes), ("losses", args.losses)):
+        if value is not None:
+            changes[name] = tuple(value)
+    return cfg.with_(**changes)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The ``--train-step`` preset for the device, overridden by every option given."""
+    from . import train_step
+
+    cfg = train_step.preset(resolve_device(args.device), args.preset)
+    changes = _common_changes(args)
+    for name, value in (("vocab_size", args.V), ("hidden_size", args.D), ("dtype", args.dtypes)):
+        if value is not None:
+            changes[name] = value[0]
+    for name in ("layers", "batch"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    cfg = cfg.with_(**changes)
+    if cfg.hidden_size % cfg.heads:
+        # Keep the head size when only the width was changed.
+        heads = max(1, cfg.hidden_size // 64)
+        cfg = cfg.with_(heads=heads, kv_heads=max(1, heads // 4))
+    return cfg
 
 
 def resolve_device(text: str) -> str:
@@ -114,8 +210,18 @@ def resolve_device(text: str) -> str:
     return text
 
 
-def config_from_args(args: argparse.Namespace) -> SweepConfig:
-    """The preset for the device, overridden by every option given."""
+def config_from_args(args: argparse.Namespace):
+    """The preset for the device and mode, overridden by every option given.
+
+    Returns a :class:`SweepConfig`, or with ``--linear`` a
+    :class:`~.hidden_states.HiddenConfig`, with ``--train-step`` a
+    :class:`~.train_step.TrainStepConfig`.
+    """
+    _check_mode_options(args)
+    if args.linear:
+        return hidden_config_from_args(args)
+    if args.train_step:
+        return train_config_from_args(args)
     device = resolve_device(args.device)
     cfg = preset(device, args.preset)
     changes = {}
@@ -150,8 +256,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     return cfg.with_(**changes)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> SweepConfig:
-    """Parse ``argv`` into a :class:`SweepConfig` (exits with status 2 on bad input)."""
+def parse_args(argv: Optional[Sequence[str]] = None):
+    """Parse ``argv`` into a configuration (exits with status 2 on bad input); see :func:`config_from_args`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -164,14 +270,48 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def list_providers(device: str) -> str:
+def list_providers(device: str, cfg=None) -> str:
+    """The providers of the mode of ``cfg`` (default: the logits sweep) and whether they run here."""
+    from . import hidden_states, train_step
     from .providers import all_providers
 
+    if isinstance(cfg, hidden_states.HiddenConfig):
+        found = hidden_states.all_providers(device, cfg.k, cfg.chunk_size)
+    elif isinstance(cfg, train_step.TrainStepConfig):
+        found = train_step.all_providers(cfg)
+    else:
+        found = all_providers(device)
     lines = [f"providers on {device}:"]
-    for p in all_providers(device):
+    for p in found:
         state = "runs" if not p.unavailable else f"skipped: {p.unavailable}"
-        lines.append(f"  {p.name:20s} {('compiled ' if p.compiled else '')}{p.note}  [{state}]")
+        lines.append(f"  {p.name:26s} {('compiled ' if getattr(p, 'compiled', False) else '')}{p.note}  [{state}]")
     return "\n".join(lines)
+
+
+def _main_steps(cfg) -> int:
+    """Run ``--linear`` or ``--train-step`` and write its results; returns the exit status."""
+    from . import env, hidden_states, train_step
+
+    linear = isinstance(cfg, hidden_states.HiddenConfig)
+    module = hidden_states if linear else train_step
+    suffix = "linear" if linear else "train-step"
+    out_dir = output.ensure_dir(cfg.out_dir or os.path.join("benchmarks", "results",
+                                                            f"{env.device_tag(cfg.device)}-{suffix}"))
+    cfg = cfg.with_(out_dir=out_dir)
+    print(f"cringe_kernels.bench --{suffix}: {cfg.preset} on {cfg.device} -> {out_dir}", flush=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        result = module.run(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    text, notes = module.write(result, out_dir)
+    for note in notes:
+        print(note)
+    print()
+    print(text)
+    print(f"\nwrote {out_dir}")
+    failed = result.interrupted or any(r["status"] == "error" for r in result.records)
+    return 1 if failed else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -183,8 +323,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.list_providers:
-        print(list_providers(cfg.device))
+        print(list_providers(cfg.device, cfg))
         return 0
+    if not isinstance(cfg, SweepConfig):
+        return _main_steps(cfg)
 
     from . import env
     from .plots import plot_all
