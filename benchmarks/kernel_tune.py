@@ -1,38 +1,53 @@
-"""Launch-parameter sweep of the GPU kernels at one size (default: the goal point).
+"""Launch-parameter sweep of the GPU kernels at one size (default: the goal point),
+and the workload gpu_check.sh runs under compute-sanitizer.
 
 Times the row-statistics kernels alone (no loss algebra, no autograd) so that
-launch parameters can be chosen from measurements:
+the rules of ``cringe_kernels/backends/heuristics.py`` can be checked against
+measurements; every choice is passed to the kernels explicitly:
 
 * Triton forward: ``BLOCK`` x ``num_warps`` x ``SUB``, and the same kernel
   with ``k = 0`` (the streaming ceiling: no top-k work);
 * Triton backward: ``BLOCK`` x ``num_warps``, out of place;
-* the CUDA forward with each top-k gate (``thread``, ``warp``, ``row``) and the CUDA
-  backward, when ``_C_cuda`` is built; each forward's sampled columns and
-  log-sum-exp are compared with the Triton forward's;
+* the CUDA forward and backward, when ``_C_cuda`` is built; the forward's
+  sampled columns and log-sum-exp are compared with the Triton forward's;
 * the single pass (forward + gradient, Triton and CUDA), the CUDA one in
-  several launch shapes (``CRINGE_KERNELS_CUDA_SINGLE_PASS``: threads,
-  blocks per SM, KB of each row kept in shared memory), and the sparse
-  backward that completes it; the completed gradient is compared with the
-  two-pass one bit for bit;
+  several launch shapes (threads, blocks per SM, KB of each row kept in
+  shared memory, staged or not), and the sparse backward that completes
+  it; the completed gradient is compared with the two-pass one bit for bit;
 * few rows (``--small-n``): the CUDA forward and backward with one block
-  per row against rows split into pieces (``CRINGE_KERNELS_CUDA_SPLIT``),
-  the ``auto`` policy's choice included, and the Triton forward and
-  backward, at each N (the first N rows of the logits);
+  per row against rows split into pieces (``heuristics.row_pieces``'s
+  choice included), and the Triton forward and backward, at each N (the
+  first N rows of the logits);
 * a device-to-device copy of the logits (1 read + 1 write), the bandwidth
   ceiling every fraction is taken against.
 
 Each time is the median of ``triton.testing.do_bench`` (CUDA events). The
 logits (``N x V`` bf16 = 4.2 GB at the goal point) are far beyond L2, so one
-buffer suffices. Fractions use the byte model of :mod:`cringe_kernels.bench.metrics`:
-forward 1 read, backward and single pass 1 read + 1 write.
+buffer suffices. One row in seven is ignored, as in the benchmark suite.
+Byte model (only what a kernel must move): the forward reads the rows that
+are not ignored; the backward and the single pass read those and write
+every row (ignored rows get zeros); the copy reads and writes every row.
 
 Usage::
 
     python benchmarks/kernel_tune.py [--N 16384] [--V 128256] [--k 5] [--dtype bf16] [--csv OUT.csv]
+    python benchmarks/kernel_tune.py --sanitizer-case [--quick] [--large-only] [--triton] [--sim]
 
 Without a GPU it exits at once, unless ``TRITON_INTERPRET=1`` is set: then
 it runs the same launches through Triton's interpreter on the CPU (use tiny
 ``--N``/``--V``), which checks the script, not the speed.
+
+``--sanitizer-case`` runs the loss forward and backward over the edges of
+the kernels' memory accesses (every dtype, misaligned rows, V below one
+pack, k = 1 and 64, rows split into pieces, the single pass in both of its
+launch shapes and with a partial row cache, ignored and out-of-range
+targets, -inf and NaN rows, in-place backward) for ``compute-sanitizer``;
+``--quick`` keeps two dtypes, two V and two k (for racecheck);
+``--large-only`` runs one bf16 batch with ``N * V > 2**31`` instead;
+``--triton`` takes the Triton backend, ``--sim`` the CUDA kernels in the
+tests' CPU simulator (tests/cuda_sim.py). Run it with
+``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` so that an overrun past a tensor is
+reported rather than landing in the caching allocator's slack.
 """
 
 from __future__ import annotations
@@ -57,15 +72,18 @@ def main() -> int:
                     help="row counts (comma-separated, each <= N; '' for none) for the split-row comparison")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--best-fwd", default=None, help="write the fastest Triton forward as 'BLOCK,WARPS,SUB' here "
-                    "(the format of CRINGE_KERNELS_TRITON_FWD)")
-    ap.add_argument("--best-cuda-gate", default=None, help="write the fastest CUDA forward gate ('thread', "
-                    "'warp' or 'row', the values of CRINGE_KERNELS_CUDA_FWD_GATE) here, when all ran and agreed with "
-                    "the Triton forward")
+                    "(compare with heuristics.triton_forward_config)")
     ap.add_argument("--best-cuda-single-pass", default=None, help="write the fastest CUDA single-pass launch shape "
-                    "as 'THREADS,BLOCKS_PER_SM,CACHE_KB[,async]' (the format of CRINGE_KERNELS_CUDA_SINGLE_PASS) "
-                    "here, when the completed gradients (with and without cache, staged or not) matched the "
-                    "two-pass one")
+                    "as 'THREADS,BLOCKS_PER_SM,CACHE_KB,STAGED' here (compare with heuristics.single_pass_shape), "
+                    "when the completed gradients (with and without cache, staged or not) matched the two-pass one")
+    ap.add_argument("--sanitizer-case", action="store_true", help="run the compute-sanitizer workload instead")
+    ap.add_argument("--quick", action="store_true", help="--sanitizer-case: fewer dtypes, V and k")
+    ap.add_argument("--large-only", action="store_true", help="--sanitizer-case: the N * V > 2**31 batch alone")
+    ap.add_argument("--triton", action="store_true", help="--sanitizer-case: the Triton backend")
+    ap.add_argument("--sim", action="store_true", help="--sanitizer-case: the CUDA kernels in the CPU simulator")
     args = ap.parse_args()
+    if args.sanitizer_case:
+        return sanitizer_case(args)
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if not torch.cuda.is_available() and not interpreting:
         print("kernel_tune: no CUDA device; nothing to time")
@@ -73,8 +91,8 @@ def main() -> int:
 
     import triton
 
+    from cringe_kernels.backends import heuristics
     from cringe_kernels.backends import triton_kernels as tk
-    from cringe_kernels.backends import triton_backend as tb
     from cringe_kernels.backends.base import stats_dtype
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -87,6 +105,9 @@ def main() -> int:
     x.mul_(2)
     target = torch.randint(0, V, (N,), device=dev, generator=g)
     target[::7] = -100
+    # Bytes of the rows a kernel must read (the rows not ignored) and of all rows.
+    read_bytes = int((target != -100).sum()) * V * es
+    all_bytes = N * V * es
     u = torch.rand(N, device=dev, generator=g)
     acc = stats_dtype(dtype)
     lse, tlog, slog = (torch.empty(N, dtype=acc, device=dev) for _ in range(3))
@@ -115,12 +136,12 @@ def main() -> int:
 
     copy_dst = torch.empty_like(x)
     copy_ms = bench(lambda: copy_dst.copy_(x))
-    record("copy", "dst.copy_(src)", copy_ms, 2 * N * V * es)
+    record("copy", "dst.copy_(src)", copy_ms, 2 * all_bytes)
     del copy_dst
     copy_gbps = rows[0]["gbps"]
 
     # (BLOCK, num_warps, SUB): SUB < BLOCK offers gated blocks to the top-k in
-    # pieces (fewer registers, more rows in flight; see _fwd_config).
+    # pieces (fewer registers, more rows in flight; see heuristics.triton_forward_config).
     fwd_configs = [(1024, 4, 1024), (2048, 4, 2048), (2048, 4, 512), (2048, 4, 256),
                    (4096, 4, 512), (4096, 8, 4096), (4096, 8, 512), (4096, 8, 256),
                    (8192, 8, 512), (8192, 8, 256), (8192, 16, 512), (16384, 16, 512)]
@@ -130,7 +151,7 @@ def main() -> int:
                 x, target, u, lse, tlog, slog, sidx, lse, x, 1 * N, V, x.stride(0), x.stride(1), 0, 0, -100,
                 ACC=acc_tl, K=kk, KPAD=kp, BLOCK=block, SUB=sub, num_warps=warps)
         try:
-            record("triton-fwd", f"BLOCK={block} warps={warps} SUB={sub}", bench(fwd), N * V * es,
+            record("triton-fwd", f"BLOCK={block} warps={warps} SUB={sub}", bench(fwd), read_bytes,
                    (block, warps, sub))
         except Exception as err:  # an out-of-resources config is a result, not a failure
             print(f"triton-fwd     BLOCK={block} warps={warps} SUB={sub}: {type(err).__name__}: {str(err)[:200]}")
@@ -140,7 +161,7 @@ def main() -> int:
             tk.row_stats_fwd_kernel[(N,)](
                 x, target, u, lse, tlog, slog, sidx, lse, x, 1 * N, V, x.stride(0), x.stride(1), 0, 0, -100,
                 ACC=acc_tl, K=0, KPAD=1, BLOCK=block, SUB=block, num_warps=warps)
-        record("triton-fwd-k0", f"BLOCK={block} warps={warps}", bench(fwd0), N * V * es)
+        record("triton-fwd-k0", f"BLOCK={block} warps={warps}", bench(fwd0), read_bytes)
     # Leave the k > 0 results of the best configuration for the comparisons below.
     best_fwd = min((r for r in rows if r["kind"] == "triton-fwd"), key=lambda r: r["ms"])
     bb, bw, bs = best_fwd["params"]
@@ -157,13 +178,13 @@ def main() -> int:
             x, target, u, lse, tlog, slog, sidx, grads[0], single_t, 1 * N, V, x.stride(0), x.stride(1),
             single_t.stride(0), single_t.stride(1), -100, ACC=acc_tl, K=k, KPAD=kpad, BLOCK=bb, SUB=bs,
             WITH_GRAD=True, BF16_BY_HAND=dev.type == "cpu" and dtype == torch.bfloat16, num_warps=bw)
-    record("triton-fwd+grad", f"BLOCK={bb} warps={bw} SUB={bs}", bench(fwd_grad), 2 * N * V * es)
+    record("triton-fwd+grad", f"BLOCK={bb} warps={bw} SUB={bs}", bench(fwd_grad), read_bytes + all_bytes)
 
     def triton_bwd(n, block, warps, single_pass=False):
         # single_pass: complete the gradient fwd_grad wrote (grads[0] is its guess: two columns a row).
         by_hand = dev.type == "cpu" and dtype == torch.bfloat16  # the interpreter, like fwd_grad
         if single_pass:
-            rows = tb._COMPLETE_ROWS
+            rows = heuristics.TRITON_COMPLETE_ROWS
             tk.row_stats_complete_kernel[(triton.cdiv(n, rows),)](
                 x, single_t, target, sidx, lse, *grads, grads[0], n, n, V, x.stride(0), x.stride(1),
                 single_t.stride(0), single_t.stride(1), -100, ACC=acc_tl, ROWS=rows, BLOCK=block,
@@ -176,7 +197,7 @@ def main() -> int:
     for block, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
         try:
             record("triton-bwd", f"BLOCK={block} warps={warps}",
-                   bench(lambda block=block, warps=warps: triton_bwd(N, block, warps)), 2 * N * V * es)
+                   bench(lambda block=block, warps=warps: triton_bwd(N, block, warps)), read_bytes + all_bytes)
         except Exception as err:
             print(f"triton-bwd     BLOCK={block} warps={warps}: {type(err).__name__}: {str(err)[:200]}")
 
@@ -187,7 +208,7 @@ def main() -> int:
         triton_bwd(N, 8192, 8, single_pass=True)
         triton_bwd(N, 8192, 8)
         exact = torch.equal(single_t, out)
-        record("triton-bwd-sparse", f"ROWS={tb._COMPLETE_ROWS} warps=8 (2 columns a row)",
+        record("triton-bwd-sparse", f"ROWS={heuristics.TRITON_COMPLETE_ROWS} warps=8 (2 columns a row)",
                bench(lambda: triton_bwd(N, 8192, 8, single_pass=True)), 0)
         rows[-1]["agrees"] = exact
         print(f"triton single pass: completed gradient == two-pass gradient: {exact}")
@@ -203,9 +224,10 @@ def main() -> int:
             tk.row_stats_fwd_kernel[(n,)](
                 x, target, u, lse, tlog, slog, sidx, lse, x, n, V, x.stride(0), x.stride(1), 0, 0, -100,
                 ACC=acc_tl, K=k, KPAD=kpad, BLOCK=bb, SUB=bs, num_warps=bw)
-        record(f"triton-small-fwd N={n}", f"BLOCK={bb} warps={bw} SUB={bs}", bench(small_fwd), n * V * es)
+        n_read = int((target[:n] != -100).sum()) * V * es
+        record(f"triton-small-fwd N={n}", f"BLOCK={bb} warps={bw} SUB={bs}", bench(small_fwd), n_read)
         record(f"triton-small-bwd N={n}", "BLOCK=4096 warps=8", bench(lambda n=n: triton_bwd(n, 4096, 8)),
-               2 * n * V * es)
+               n_read + n * V * es)
 
     try:
         from cringe_kernels.backends import cuda_backend as cb
@@ -224,27 +246,28 @@ def main() -> int:
         cuda_module = cuda_sim.MODULE
     if cuda_module is not None:
         _, launch_backward = cb.launchers(cuda_module, lambda device: stream)
+        code = _native.DTYPE_CODES[dtype]
+        head = (code, x.data_ptr(), 1, N, V, x.stride(0), x.stride(1), target.data_ptr(), u.data_ptr(), k, -100,
+                lse.data_ptr(), tlog.data_ptr(), slog.data_ptr(), sidx.data_ptr(), 0, stream)
 
-        def cfwd(gate):
-            cuda_module.forward(_native.DTYPE_CODES[dtype], x.data_ptr(), 1, N, V, x.stride(0), x.stride(1),
-                               target.data_ptr(), u.data_ptr(), k, -100, lse.data_ptr(), tlog.data_ptr(),
-                               slog.data_ptr(), sidx.data_ptr(), 0, stream, gate)
+        def cfwd():
+            cuda_module.forward(*head)  # one block per row
 
         def cbwd():
-            launch_backward(out, x, target, sidx, lse, *grads, -100)
+            cuda_module.backward(code, x.data_ptr(), 1, N, V, x.stride(0), x.stride(1), target.data_ptr(),
+                                 sidx.data_ptr(), lse.data_ptr(), *(t.data_ptr() for t in grads), -100,
+                                 out.data_ptr(), out.stride(0), out.stride(1), 0, stream)
 
-        for gate_name, gate in cb._GATES.items():
-            try:
-                record("cuda-fwd", f"gate={gate_name}", bench(lambda gate=gate: cfwd(gate)), N * V * es)
-                same = (sidx == fwd_ref).float().mean().item()
-                diff = (lse - lse_ref).abs().max().item()
-                rows[-1]["agrees"] = same > 0.999 and diff < 1e-3
-                print(f"cuda (gate={gate_name}) vs triton: sample_index agreement {same:.6f}, "
-                      f"max |lse difference| {diff:.3g}")
-            except Exception as err:
-                print(f"cuda-fwd gate={gate_name} failed: {type(err).__name__}: {err}")
         try:
-            record("cuda-bwd", "as built", bench(cbwd), 2 * N * V * es)
+            record("cuda-fwd", "one block a row", bench(cfwd), read_bytes)
+            same = (sidx == fwd_ref).float().mean().item()
+            diff = (lse - lse_ref).abs().max().item()
+            rows[-1]["agrees"] = same > 0.999 and diff < 1e-3
+            print(f"cuda vs triton: sample_index agreement {same:.6f}, max |lse difference| {diff:.3g}")
+        except Exception as err:
+            print(f"cuda-fwd failed: {type(err).__name__}: {err}")
+        try:
+            record("cuda-bwd", "one block a row", bench(cbwd), read_bytes + all_bytes)
         except Exception as err:
             print(f"cuda-bwd failed: {type(err).__name__}: {err}")
         # The single pass: forward + gradient sweep (1 read + 1 write of the
@@ -254,43 +277,40 @@ def main() -> int:
             weight = grads[0]
             single = torch.empty_like(x)
 
-            def cfwd_grad(threads=512, blocks=1, cache_kb=0, gate="row"):
-                cuda_module.forward(_native.DTYPE_CODES[dtype], x.data_ptr(), 1, N, V, x.stride(0), x.stride(1),
-                                    target.data_ptr(), u.data_ptr(), k, -100, lse.data_ptr(), tlog.data_ptr(),
-                                    slog.data_ptr(), sidx.data_ptr(), 0, stream, cb._GATES[gate], weight.data_ptr(),
-                                    single.data_ptr(), single.stride(0), single.stride(1), threads, blocks,
-                                    cache_kb * 1024)
+            def cfwd_grad(threads, blocks, cache_kb, staged):
+                cuda_module.single_pass(*head, weight.data_ptr(), single.data_ptr(), threads, blocks, cache_kb * 1024,
+                                        staged)
 
             def cbwd_sparse():
                 launch_backward(single, x, target, sidx, lse, weight, *grads[1:], -100, lse_weight=weight)
 
-            # Launch shapes (CRINGE_KERNELS_CUDA_SINGLE_PASS): rows in flight
-            # against their second read staying on chip, from L2 alone or
-            # with a shared-memory cache of each row's start (KB per block,
-            # about what an SM's 228 KB leaves per block), with the row gate
-            # and with row-async (cp.async rounds: more loads in flight for
-            # the same rows in flight, 2 x 16 KB per 256 threads of stages
-            # before the cache; 4 blocks of 256 threads take the build limited
-            # to 64 registers). The last four are checked bit for bit.
-            shapes = ((256, 2, 0, "row"), (256, 3, 0, "row"), (128, 4, 0, "row"), (256, 2, 100, "row"),
-                      (256, 3, 64, "row"), (128, 4, 48, "row"), (256, 2, 0, "row-async"), (256, 3, 0, "row-async"),
-                      (256, 2, 48, "row-async"), (512, 1, 0, "row-async"), (512, 2, 0, "row-async"),
-                      (256, 4, 12, "row-async"), (256, 4, 0, "row-async"), (512, 1, 100, "row-async"),
-                      (512, 1, 200, "row"), (512, 1, 0, "row"))
+            # Launch shapes (threads, blocks per SM, KB of each row kept in
+            # shared memory, staged): rows in flight against their second
+            # read staying on chip, from L2 alone or with a shared-memory
+            # cache of each row's start (about what an SM's 228 KB leaves per
+            # block), staged (cp.async rounds: more loads in flight for the
+            # same rows in flight, 2 x 16 KB per 256 threads before the
+            # cache) or not. heuristics.single_pass_shape's two shapes are
+            # (256, 3, 64, False) and (512, 2, 0, True). The last four are
+            # checked bit for bit.
+            shapes = ((256, 2, 0, False), (256, 3, 0, False), (128, 4, 0, False), (256, 2, 100, False),
+                      (256, 3, 64, False), (128, 4, 48, False), (256, 2, 0, True), (256, 3, 0, True),
+                      (256, 2, 48, True), (512, 1, 0, True), (512, 2, 0, True), (512, 1, 100, True),
+                      (512, 1, 200, False), (512, 1, 0, False))
             checked_shapes = shapes[-4:]
-            for threads, blocks, cache_kb, gate in shapes:
-                record("cuda-fwd+grad", f"threads={threads} blocks/SM={blocks} cache={cache_kb}KB gate={gate}",
-                       bench(lambda t=threads, b=blocks, c=cache_kb, g=gate: cfwd_grad(t, b, c, g)), 2 * N * V * es,
-                       (threads, blocks, cache_kb, gate))
-                if (threads, blocks, cache_kb, gate) not in checked_shapes:
+            for shape in shapes:
+                threads, blocks, cache_kb, staged = shape
+                record("cuda-fwd+grad", f"threads={threads} blocks/SM={blocks} cache={cache_kb}KB staged={staged}",
+                       bench(lambda sh=shape: cfwd_grad(*sh)), read_bytes + all_bytes, shape)
+                if shape not in checked_shapes:
                     continue
                 same = (sidx == fwd_ref).float().mean().item()
                 cbwd_sparse()
                 cbwd()  # the two-pass gradient into `out` for the same statistics
                 exact = torch.equal(single, out)
                 rows[-1]["agrees"] = same > 0.999 and exact
-                print(f"cuda single pass (cache={cache_kb}KB, {gate}) vs triton: sample_index agreement {same:.6f}; "
-                      f"completed gradient == two-pass gradient: {exact}")
+                print(f"cuda single pass (cache={cache_kb}KB, staged={staged}) vs triton: sample_index agreement "
+                      f"{same:.6f}; completed gradient == two-pass gradient: {exact}")
             record("cuda-bwd-sparse", "after single pass (2 columns a row)", bench(cbwd_sparse), 0)
         except Exception as err:
             print(f"cuda single pass failed: {type(err).__name__}: {err}")
@@ -320,72 +340,164 @@ def main() -> int:
     if args.best_fwd:
         with open(args.best_fwd, "w") as f:
             f.write("%d,%d,%d\n" % best_fwd["params"])
-    gates = [r for r in rows if r["kind"] == "cuda-fwd"]
-    gates_ok = bool(gates) and len(gates) == len(cb._GATES) and all(r.get("agrees") for r in gates)
-    best_gate = min(gates, key=lambda r: r["ms"])["config"].split("=")[1] if gates_ok else "row"
-    if args.best_cuda_gate and gates_ok:
-        with open(args.best_cuda_gate, "w") as f:
-            f.write(best_gate + "\n")
-    # The single pass's fastest shape, staged or not (`async` stages it
-    # whatever the forward's gate; a row-async forward stages it anyway, so
-    # then only staged shapes are candidates).
+    # The single pass's fastest shape, when the checked shapes (with and
+    # without cache, staged or not) all completed to the two-pass gradient.
     shapes = [r for r in rows if r["kind"] == "cuda-fwd+grad"]
-    checked = [r for r in shapes if "agrees" in r]  # row with and without cache, row-async with and without
-    candidates = [r for r in shapes if best_gate != "row-async" or r["params"][3] == "row-async"]
-    if args.best_cuda_single_pass and len(checked) == 4 and all(r["agrees"] for r in checked) and candidates:
-        best = min(candidates, key=lambda r: r["ms"])["params"]
+    checked = [r for r in shapes if "agrees" in r]
+    if args.best_cuda_single_pass and len(checked) == 4 and all(r["agrees"] for r in checked):
+        best = min(shapes, key=lambda r: r["ms"])["params"]
         with open(args.best_cuda_single_pass, "w") as f:
-            f.write("%d,%d,%d%s\n" % (*best[:3], ",async" if best[3] == "row-async" else ""))
+            f.write("%d,%d,%d,%s\n" % (*best[:3], best[3]))
     return 0
 
 
 def small_rows(module, stream, x, target, u, k, stats, grad_out, grads, record, bench, row_counts) -> None:
-    """Few rows: one block per row (each gate) against rows in pieces.
+    """Few rows: one block per row against rows in pieces.
 
     Records ``cuda-small-fwd N=..`` and ``cuda-small-bwd N=..`` rows, one per
-    configuration; every split forward must give the one-block forward's
-    sampled columns and target logits exactly (the log-sum-exp to rounding),
-    or the row is marked as disagreeing.
+    number of pieces (``heuristics.row_pieces``'s choice marked ``auto``);
+    every split forward must give the one-block forward's sampled columns
+    and target logits exactly (the log-sum-exp to rounding), or the row is
+    marked as disagreeing.
     """
-    from cringe_kernels.backends import _native
-    from cringe_kernels.backends import cuda_backend as cb
+    from cringe_kernels.backends import _native, heuristics
 
     _, _, V = x.shape
     code = _native.DTYPE_CODES[x.dtype]
     es = x.element_size()
     lse, tlog, slog, sidx = stats
+    sms = module.sm_count(x.device.index or 0)
     for n in row_counts:
         xs, gs = x[:, :n], grad_out[:, :n]
-        auto = module.row_pieces(n, V, x.device.index or 0)
+        n_read = int((target[:n] != -100).sum()) * V * es
+        auto = heuristics.row_pieces(n, V, sms)
         candidates = sorted({1, 2, 4, 8, auto})
         workspaces = {p: torch.empty(module.forward_workspace_bytes(code, n, V, k, p), dtype=torch.uint8,
                                      device=x.device) for p in candidates}
 
-        def fwd(gate, pieces):
+        def fwd(pieces):
             module.forward(code, xs.data_ptr(), 1, n, V, xs.stride(0), xs.stride(1), target.data_ptr(), u.data_ptr(),
                            k, -100, lse.data_ptr(), tlog.data_ptr(), slog.data_ptr(), sidx.data_ptr(), 0, stream,
-                           gate, pieces=pieces, workspace=_native.ptr(workspaces[pieces]))
+                           pieces, _native.ptr(workspaces[pieces]))
 
         def bwd(pieces):
             module.backward(code, xs.data_ptr(), 1, n, V, xs.stride(0), xs.stride(1), target.data_ptr(),
                             sidx.data_ptr(), lse.data_ptr(), *(g.data_ptr() for g in grads), -100, gs.data_ptr(),
-                            gs.stride(0), gs.stride(1), 0, stream, pieces=pieces)
+                            gs.stride(0), gs.stride(1), 0, stream, 0, pieces)
 
-        fwd(cb._GATES["row"], 1)
+        fwd(1)
         want = (sidx[:n].clone(), tlog[:n].clone(), lse[:n].clone())
-        for gate_name in ("thread", "row"):
-            record(f"cuda-small-fwd N={n}", f"gate={gate_name} pieces=1",
-                   bench(lambda g=cb._GATES[gate_name]: fwd(g, 1)), n * V * es)
-        for pieces in candidates[1:]:
+        for pieces in candidates:
             tag = " (auto)" if pieces == auto else ""
-            record(f"cuda-small-fwd N={n}", f"pieces={pieces}{tag}", bench(lambda p=pieces: fwd(0, p)), n * V * es)
+            record(f"cuda-small-fwd N={n}", f"pieces={pieces}{tag}", bench(lambda p=pieces: fwd(p)), n_read)
             agrees = (torch.equal(sidx[:n], want[0]) and torch.equal(tlog[:n].nan_to_num(), want[1].nan_to_num())
                       and torch.allclose(lse[:n], want[2], rtol=1e-5, atol=1e-5, equal_nan=True))
             if not agrees:
                 print(f"cuda split rows N={n} pieces={pieces}: DISAGREES with one block per row")
         for pieces in candidates:
             tag = " (auto)" if pieces == auto else ""
-            record(f"cuda-small-bwd N={n}", f"pieces={pieces}{tag}", bench(lambda p=pieces: bwd(p)), 2 * n * V * es)
+            record(f"cuda-small-bwd N={n}", f"pieces={pieces}{tag}", bench(lambda p=pieces: bwd(p)),
+                   n_read + n * V * es)
+
+
+def sanitizer_case(args) -> int:
+    """The compute-sanitizer workload (see the module docstring); exits non-zero on a Python-level error."""
+    import cringe_kernels as ck
+
+    backend = "triton" if args.triton else "cuda_sim" if args.sim else "cuda"
+    if backend != "cuda_sim" and not torch.cuda.is_available():
+        print("kernel_tune --sanitizer-case: no CUDA device; nothing to check")
+        return 0
+    if backend == "cuda_sim":
+        from cringe_kernels import backends
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        backends._KERNEL_BACKENDS.setdefault("cuda_sim", ("cuda_sim", "SimRowStats"))
+    dev = "cpu" if backend == "cuda_sim" else "cuda"
+    if args.large_only:
+        cases = _large_case(ck, backend, dev)
+    else:
+        cases = _edge_cases(ck, backend, dev, args.quick)
+        if backend != "triton":
+            # Rows split across blocks (the forward's piece workspace and
+            # merge) and the single pass keeping 1 KB of each row in shared
+            # memory (all of the short rows, part of the long ones), staged
+            # and not; the default shapes ran above.
+            from cringe_kernels.backends import heuristics
+
+            rule_pieces, rule_shape = heuristics.row_pieces, heuristics.single_pass_shape
+            try:
+                heuristics.row_pieces = lambda n_rows, V, sm_count: 3
+                cases += _edge_cases(ck, backend, dev, True)
+                heuristics.row_pieces = rule_pieces
+                for staged in (False, True):
+                    heuristics.single_pass_shape = lambda row_bytes, s=staged: heuristics.SinglePassShape(
+                        128, 4, 1024, s)
+                    cases += _edge_cases(ck, backend, dev, True)
+            finally:
+                heuristics.row_pieces, heuristics.single_pass_shape = rule_pieces, rule_shape
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    print(f"sanitizer_case: {cases} cases ran on {backend}")
+    return 0
+
+
+def _large_case(ck, backend: str, dev: str) -> int:
+    """Two-pass (in place) and single pass over ``N * V > 2**31`` bfloat16 logits."""
+    N, V = (16400, 131072) if dev == "cuda" else (8, 1000)
+    x = torch.empty(1, N, V, device=dev, dtype=torch.bfloat16)
+    x.normal_(generator=torch.Generator(device=dev).manual_seed(1))
+    y = torch.randint(0, V, (1, N), device=dev)
+    y[0, -1] = -100
+    for single in (False, True):
+        leaf = x.requires_grad_(True) if not single else x.detach().requires_grad_(True)
+        loss = ck.cringe_loss(leaf * 1 if not single else leaf, y, torch.tensor([[False]], device=dev),
+                              backend=backend, inplace_backward=not single, single_pass=single)
+        loss.backward()
+        if not torch.isfinite(leaf.grad[0, -2]).all():
+            raise RuntimeError("large case: non-finite gradient in the last rows")
+        leaf.grad = None
+    return 2
+
+
+def _edge_cases(ck, backend: str, dev: str, quick: bool) -> int:
+    """Every dtype x vocabulary x k edge of the kernels' memory accesses."""
+    g = torch.Generator(device=dev).manual_seed(0)
+    fb = torch.tensor([[True], [False], [False]], device=dev)
+    dtypes = (torch.float32, torch.bfloat16) if quick else (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    vocabs = (33, 4096) if quick else (2, 3, 7, 33, 1001, 4096, 70001)
+    ks = (5, 64) if quick else (1, 5, 64)
+    cases = 0
+    for dtype in dtypes:
+        for V in vocabs:
+            for k in ks:
+                full = torch.randn(3, 5, V, device=dev, dtype=dtype, generator=g)
+                full[1, 1] = float("-inf")
+                full[2, 2, 0] = float("nan")
+                y = torch.randint(0, V, (3, 4), device=dev, generator=g)
+                y[0, 0] = -100
+                # Two-pass, in place, and the single pass (the scaled loss
+                # makes the completion redo some rows in full).
+                for inplace, single, scale in ((False, False, 1.0), (True, False, 1.0), (False, True, 1.0),
+                                               (False, True, 0.5)):
+                    leaf = full.clone().requires_grad_(True)
+                    # Rows misaligned for 16-byte access; the in-place backward
+                    # writes over a non-leaf that nothing else reads.
+                    x = (leaf * 1)[:, :-1] if inplace else leaf[:, :-1]
+                    loss = ck.cringe_loss(x, y, fb, k=k, backend=backend, inplace_backward=inplace,
+                                          single_pass=single, ct_on_positives=True)
+                    (loss * scale).backward()
+                    cases += 1
+            with ck.value_checks(False):
+                bad = torch.tensor([[V, -7, 0, 1]] * 3, device=dev)
+                for single in (False, True):
+                    xb = torch.randn(3, 4, V, device=dev, dtype=dtype, requires_grad=True)
+                    ck.cringe_loss(xb, bad, fb, backend=backend, single_pass=single).backward()
+                    cases += 1
+    empty = torch.randn(0, 4, 10, device=dev, requires_grad=True)
+    ck.cringe_loss(empty, torch.zeros(0, 4, dtype=torch.long, device=dev),
+                   torch.zeros(0, 1, dtype=torch.bool, device=dev), backend=backend).backward()
+    return cases
 
 
 if __name__ == "__main__":

@@ -239,3 +239,16 @@ def check_single_pass_completion(be, dtype, V, k, device="cpu", block_v=None, ba
         got = be.backward_with_grad(grad.clone(), x, y, stats.sample_index, stats.lse, weight, grad_lse, gt, gs, -100)
         want = be.backward(x, y, stats.sample_index, stats.lse, grad_lse, gt, gs, -100, False)
         assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def launch_with(monkeypatch, pieces=None, shape=None) -> None:
+    """Make the CUDA launchers (GPU and simulator) take these launch choices
+    instead of :mod:`cringe_kernels.backends.heuristics`' for the rest of the
+    test: ``pieces`` per row for every forward and backward, and ``shape``,
+    ``(threads, blocks_per_sm, cache_bytes, staged)``, for every single pass."""
+    from cringe_kernels.backends import heuristics
+
+    if pieces is not None:
+        monkeypatch.setattr(heuristics, "row_pieces", lambda n_rows, V, sm_count: pieces)
+    if shape is not None:
+        monkeypatch.setattr(heuristics, "single_pass_shape", lambda row_bytes: heuristics.SinglePassShape(*shape))

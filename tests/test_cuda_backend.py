@@ -4,9 +4,11 @@ Every check runs twice: on a GPU (``gpu`` marked; skips cleanly without one)
 and on the CPU through the SIMT simulator (``cuda_sim``, tests/cuda_sim.py),
 which executes the same kernel sources thread by thread, so the kernels'
 logic is checked on every CI run. The checks are those of
-test_cpu_backend.py plus half precision, k above the shared-memory top-k
-limit and the warp gate; a batch with more than 2^31 logits (int64 offsets)
-is GPU only. Nothing here touches the GPU at import or collection time.
+test_cpu_backend.py plus half precision, the refusal of k above the
+shared-memory top-k limit, rows split into pieces and the single pass's
+launch shapes (chosen through cringe_kernels/backends/heuristics.py, which
+the tests override); a batch with more than 2^31 logits (int64 offsets) is
+GPU only. Nothing here touches the GPU at import or collection time.
 """
 
 from typing import NamedTuple
@@ -18,7 +20,7 @@ import cringe_kernels as ck
 from cringe_kernels import backends, reference
 from cringe_kernels.backends.base import stats_dtype
 from kernel_checks import (GRAD_TOL, STAT_TOL, adversarial_topk_rows, check_nan_rows, check_single_pass_completion,
-                           compare_binary, compare_pairwise, compare_ties, half_negative, nonfinite_rows,
+                           compare_binary, compare_pairwise, compare_ties, half_negative, launch_with, nonfinite_rows,
                            random_logits, random_target, run_binary)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -79,10 +81,32 @@ def test_k_at_least_v_minus_1(kern, k):
 
 
 @pytest.mark.parametrize("k", [65, 200])
-def test_k_above_kernel_limit_falls_back(kern, k):
+def test_k_above_kernel_limit_is_a_clear_error(kern, k):
+    """k_eff above the shared-memory top-k (64) is refused by name, forward
+    and single pass; k at or above V - 1 is k_eff = V - 1 and runs."""
     x = random_logits((2, 5, 1000), torch.float32, kern.dev)
     y = random_target((2, 5), 1000, kern.dev)
-    compare_binary(x, y, half_negative((2, 5), kern.dev), kern.name, k=k, ct_on_positives=True)
+    for single in (False, True):
+        with pytest.raises(ValueError, match=f"at most 64 candidates; got k={k} "):
+            ck.cringe_loss(x.clone().requires_grad_(True), y, half_negative((2, 5), kern.dev), k=k, backend=kern.name,
+                           single_pass=single)
+    x = random_logits((2, 5, 60), torch.float32, kern.dev)
+    compare_binary(x, random_target((2, 5), 60, kern.dev), half_negative((2, 5), kern.dev), kern.name, k=k,
+                   ct_on_positives=True)
+
+
+@pytest.mark.gpu
+def test_auto_takes_triton_above_the_cuda_limit():
+    """backend="auto" on a GPU: CUDA up to k_eff = 64, Triton above (whose
+    kernel draws from up to 256 candidates)."""
+    if "cuda" not in backends.status("cuda").devices or "cuda" not in backends.status("triton").devices:
+        pytest.skip("needs the cuda and triton backends on a GPU")
+    x = torch.zeros(1, 2, 1000, device="cuda")
+    assert backends.resolve("auto", x, k=64).name == "cuda"
+    assert backends.resolve("auto", x, k=65).name == "triton"
+    y = random_target((1, 2), 1000, "cuda", ignore_frac=0.0)
+    compare_binary(random_logits((1, 2, 1000), torch.float32, "cuda"), y, half_negative((1, 2), "cuda"), "auto",
+                   k=100, ct_on_positives=True)
 
 
 @pytest.mark.parametrize("k", [5, 64])
@@ -208,7 +232,7 @@ def test_torch_compile_full_loss_fullgraph(kern, single):
     backends.resolve(kern.name, x)  # Dynamo cannot trace the backend's first import
 
     def loss_fn(logits):
-        return ck.cringe_loss(logits, y, fb, uniform=u, backend=kern.name, grad_in_forward=single,
+        return ck.cringe_loss(logits, y, fb, uniform=u, backend=kern.name, single_pass=single,
                               ct_on_positives=True)
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend="inductor" if kern.dev == "cuda" else "aot_eager")
@@ -237,12 +261,9 @@ def test_auto_picks_cuda_first_on_a_gpu(monkeypatch):
         assert backends.resolve("auto", x).name == "triton"
 
 
-@pytest.mark.slow
-@pytest.mark.gpu
-def test_more_than_2_31_logits():
-    # bf16 [16400, 131072]: 2.15e9 elements (4.3 GB), gradient as much again.
-    # GPU only: the simulator would need hours and 9 GB for it.
-    kern = Target("cuda", "cuda")
+def _big_batch(kern):
+    """bf16 ``[1, 16400, 131072]`` logits (2.15e9 elements, 4.3 GB), targets,
+    uniforms and three coefficient vectors, on the GPU."""
     if kern.dev not in backends.status(kern.name).devices:
         pytest.skip(f"cuda backend cannot run: {backends.status(kern.name).reason}")
     if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
@@ -253,37 +274,57 @@ def test_more_than_2_31_logits():
     x = torch.randn(1, N, V, device=kern.dev, dtype=torch.bfloat16, generator=g)
     y = torch.randint(0, V, (N,), device=kern.dev, generator=g)
     u = torch.rand(N, device=kern.dev, generator=g)
-    be = backends.resolve(kern.name, x)
-    stats = be.forward(x, y, u, 5, -100)
-    gl, gt, gs = (torch.rand(N, device=kern.dev, generator=g) for _ in range(3))
-    grad = be.backward(x, y, stats.sample_index, stats.lse, gl, gt, gs, -100, False)
-    rows = torch.tensor([0, 1, N // 2, N - 2, N - 1], device=kern.dev)  # the last ones lie past 2^31
+    return x, y, u, *(torch.rand(N, device=kern.dev, generator=g) for _ in range(3))
+
+
+def _check_big_rows(x, y, u, stats, grad, gl, gt, gs):
+    """Rows 0, 1, N/2 and the last two (past 2^31 elements) against the reference."""
+    N = x.shape[1]
+    rows = torch.tensor([0, 1, N // 2, N - 2, N - 1], device=x.device)
     xr = x[0, rows].float()
     ref = reference.row_stats(xr[None], y[rows], u[rows], 5, -100)
     torch.testing.assert_close(stats.lse[rows], ref.lse, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(stats.target_logit[rows], ref.target_logit)
     assert torch.equal(stats.sample_index[rows], ref.sample_index)
     want = gl[rows, None] * torch.exp(xr - stats.lse[rows, None])
-    ar = torch.arange(len(rows), device=kern.dev)
+    ar = torch.arange(len(rows), device=x.device)
     want[ar, y[rows]] += gt[rows]
     want[ar, stats.sample_index[rows]] += gs[rows]
     torch.testing.assert_close(grad[0, rows].float(), want.to(torch.bfloat16).float(), rtol=1.6e-2, atol=1e-6)
 
 
-GATES = ["thread", "warp", "row", "row-async"]
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_more_than_2_31_logits_single_pass():
+    """The single pass and its completion (rows whose grad_lse is the guess:
+    two columns; the others rewritten) past 2^31 elements."""
+    kern = Target("cuda", "cuda")
+    x, y, u, w, gt, gs = _big_batch(kern)
+    be = backends.resolve(kern.name, x)
+    stats, grad = be.forward_with_grad(x, y, u, 5, -100, w)
+    gl = torch.where(torch.arange(len(w), device=w.device) % 2 == 0, w, w * 0.5)
+    grad = be.backward_with_grad(grad, x, y, stats.sample_index, stats.lse, w, gl, gt, gs, -100)
+    _check_big_rows(x, y, u, stats, grad, gl, gt, gs)
 
 
-@pytest.mark.parametrize("gate", ["thread", "warp", "row-async"])
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_more_than_2_31_logits():
+    # Gradient as much again. GPU only: the simulator would need hours and 9 GB for it.
+    kern = Target("cuda", "cuda")
+    x, y, u, gl, gt, gs = _big_batch(kern)
+    be = backends.resolve(kern.name, x)
+    stats = be.forward(x, y, u, 5, -100)
+    grad = be.backward(x, y, stats.sample_index, stats.lse, gl, gt, gs, -100, False)
+    _check_big_rows(x, y, u, stats, grad, gl, gt, gs)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("V,k", [(33, 5), (4099, 17), (32000, 64), (128256, 5)])
-def test_gates_match_reference(kern, gate, dtype, V, k, monkeypatch):
-    """The top-k strategies besides the default row threshold
-    (CRINGE_KERNELS_CUDA_FWD_GATE, csrc/cuda/launch.h) only skip columns
-    that cannot be candidates: the same samples and statistics.
-    One block per row: with few rows the default would split them (and use
-    the row-threshold kernel whatever the gate)."""
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "1")
+def test_long_rows_one_block_each_match_reference(kern, dtype, V, k, monkeypatch):
+    """One block per row (the choice for many rows) over rows of up to
+    V = 128256: the same samples and statistics as the reference."""
+    launch_with(monkeypatch, pieces=1)
     x = random_logits((2, 24, V), dtype, kern.dev, seed=V + k)
     y = random_target((2, 24), V, kern.dev)
     compare_binary(x, y, half_negative((2, 24), kern.dev), kern.name, k=k, ct_on_positives=True)
@@ -291,17 +332,14 @@ def test_gates_match_reference(kern, gate, dtype, V, k, monkeypatch):
     check_forward(kern, *nonfinite_rows(V, dtype, kern.dev), 3)
 
 
-@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("V", [7, 300, 9000, 70001])
 @pytest.mark.parametrize("k", [1, 5, 64])
-def test_gates_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
+def test_topk_on_adversarial_rows(kern, dtype, V, k, monkeypatch):
     # Ties everywhere, ascending and descending rows, ties at the threshold,
-    # candidates only at the end or the start: the row gate's buffer
-    # overflows and its threshold rises every round; the lists see their
-    # worst cases too. One block per row, as above.
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "1")
+    # candidates only at the end or the start: the candidate buffer
+    # overflows and the threshold rises every round. One block per row.
+    launch_with(monkeypatch, pieces=1)
     check_forward(kern, *adversarial_topk_rows(V, dtype, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
@@ -375,29 +413,20 @@ def seed_rows(V, k, dtype, device, threads=256, unroll=4):
     return x.to(dtype).to(device)[..., :V], target.to(device), u.to(device)
 
 
-@pytest.mark.parametrize("gate", ["row", "row-async"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V,k", [(9000, 1), (9000, 7), (9000, 8), (9000, 16), (9000, 63), (9000, 64), (70001, 5)])
-def test_round0_seed_on_adversarial_rows(kern, gate, dtype, V, k, monkeypatch):
+def test_round0_seed_on_adversarial_rows(kern, dtype, V, k, monkeypatch):
     """Round 0 starts from a seed threshold instead of -inf: rows where the
     bound is exact, not finite, tied with every candidate, or built around
     one thread or one warp (seed_rows) give the reference's samples, with
     1 to 8 units taken per warp. One block per row."""
     if V == 70001 and dtype != torch.bfloat16:
         pytest.skip("one dtype is enough for the second row length")
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "1")
+    launch_with(monkeypatch, pieces=1)
     check_forward(kern, *seed_rows(V, k, dtype, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
-def test_bad_gate_name_is_a_clear_error(kern, monkeypatch):
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
-    x = random_logits((1, 2, 10), torch.float32, kern.dev)
-    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
-        ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name)
-
-
-# ---- The single pass (cringe_loss(..., grad_in_forward=True)) --------------
+# ---- The single pass (cringe_loss(..., single_pass=True)) --------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -425,7 +454,7 @@ def test_single_pass_matches_reference(kern, dtype, reduction, num_items, scale,
     for backend, single in (("reference", False), (kern.name, True)):
         xx = x.detach().clone().requires_grad_(True)
         loss = ck.cringe_loss(xx, y, fb, k=5, uniform=u, backend=backend, reduction=reduction,
-                              num_items_in_batch=num_items, grad_in_forward=single, ct_on_positives=True)
+                              num_items_in_batch=num_items, single_pass=single, ct_on_positives=True)
         (loss.sum() * scale).backward()
         out[backend] = (loss.detach(), xx.grad)
     torch.testing.assert_close(out[kern.name][0], out["reference"][0], **STAT_TOL[dtype])
@@ -455,7 +484,7 @@ def test_single_pass_completion_with_many_rows_a_block(kern, dtype, V):
 def test_single_pass_second_backward_leaves_the_first_alone(kern):
     x = random_logits((2, 3, 300), torch.float32, kern.dev).requires_grad_(True)
     y = random_target((2, 3), 300, kern.dev)
-    loss = ck.cringe_loss(x, y, half_negative((2, 3), kern.dev), backend=kern.name, grad_in_forward=True)
+    loss = ck.cringe_loss(x, y, half_negative((2, 3), kern.dev), backend=kern.name, single_pass=True)
     (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
     first = g1.clone()
     (g2,) = torch.autograd.grad(loss * 2, x)
@@ -476,82 +505,75 @@ def test_single_pass_opcheck(kern):
     torch.library.opcheck(backward_.default, (grad, x, y, s_idx, lse, w, w.clone(), g, g.clone(), -100))
 
 
-@pytest.mark.parametrize("shape", ["512,1", "256,3", "32,1", "128,32", "512,1,200", "32,1,1", "64,2,2", "128,1,1024",
-                                   "128,4,200", "512,32,8", "256,4,0,async", "128,8,12,async", "512,4,0,async"])
+# (threads, blocks per SM, KB of each row kept in shared memory, staged):
+# more rows than blocks and fewer; the whole row (4 KB), part of it (1 KB,
+# 2 KB: the sweep reads some packs from shared memory and the rest from the
+# logits), more than a block may have or than its share of an SM (clamped);
+# more blocks per SM than are resident at once (clamped); staged rounds with
+# no cache, with a cache after the stages, 512 threads of stages (64 KB,
+# past the 48 KB a block has without opting in); the two shapes
+# heuristics.single_pass_shape picks.
+SINGLE_PASS_SHAPES = [(512, 1, 0, False), (256, 3, 0, False), (32, 1, 0, False), (128, 32, 0, False),
+                      (512, 1, 200, False), (32, 1, 1, False), (64, 2, 2, False), (128, 1, 1024, False),
+                      (128, 4, 200, False), (512, 32, 8, False), (256, 4, 0, True), (128, 8, 12, True),
+                      (512, 1, 200, True), (64, 6, 1, True), (256, 3, 64, False), (512, 2, 0, True)]
+
+
+@pytest.mark.parametrize("shape", SINGLE_PASS_SHAPES, ids=lambda s: ",".join(map(str, s)))
 def test_single_pass_launch_shapes_give_the_same_result(kern, shape, monkeypatch):
-    # CRINGE_KERNELS_CUDA_SINGLE_PASS: threads per block, blocks per SM of the
-    # persistent grid (more rows than blocks, fewer rows than blocks), and
-    # KB of each row kept in shared memory for the gradient sweep: the whole
-    # row (4 KB), part of it (1 KB, 2 KB: the sweep reads some packs from
-    # shared memory and the rest from the logits), more than a block may
-    # have, or than a fourth of an SM's with 4 blocks per SM (clamped); more
-    # blocks per SM than are resident at once (clamped); staged rounds
-    # (async), 4 or more blocks of at most 256 threads in the 64-register
-    # build, 512 threads in the other.
     x = random_logits((3, 7, 1001), torch.float32, kern.dev, seed=3)
     y = random_target((3, 7), 1001, kern.dev)
     fb, u = half_negative((3, 7), kern.dev), torch.rand(3, 7, device=kern.dev)
     out = []
-    for value in ("512,1", shape):
-        monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
+    for value in ((512, 1, 0, False), shape):
+        launch_with(monkeypatch, shape=value)
         xx = x.clone().requires_grad_(True)
-        loss = ck.cringe_loss(xx, y, fb, uniform=u, backend=kern.name, grad_in_forward=True)
+        loss = ck.cringe_loss(xx, y, fb, uniform=u, backend=kern.name, single_pass=True)
         loss.backward()
         out.append((loss.detach(), xx.grad))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(out[1][1], out[0][1], rtol=2e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("gate", ["row", "row-async"])
+@pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("V,k", [(7, 6), (1001, 5), (70001, 5)])
-def test_single_pass_with_row_cache_equals_two_pass(kern, gate, dtype, V, k, monkeypatch):
+def test_single_pass_with_row_cache_equals_two_pass(kern, staged, dtype, V, k, monkeypatch):
     """With part of each row kept in shared memory (5 KB: the whole of short
     rows, the first ~5% of V = 70001 in bfloat16), the completed gradient is
-    still the two-pass one bit for bit; with row-async the cache lies after
-    the two halves of the cp.async rounds."""
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate)
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "256,2,5")
+    still the two-pass one bit for bit; staged, the cache lies after the two
+    halves of the cp.async rounds."""
+    launch_with(monkeypatch, shape=(256, 2, 5 * 1024, staged))
     check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, V, k,
                                  kern.dev)
 
 
-@pytest.mark.parametrize("shape", ["512,1,0", "512,1,200", "64,2,1"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_single_pass_staged_equals_two_pass(kern, shape, dtype, monkeypatch):
-    """row-async single pass: 512 threads take 64 KB of cp.async stages (past
-    the 48 KB a block has without opting in), with no cache, with a cache
-    clamped to what is left, and a small block with a partial cache."""
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row-async")
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", shape)
-    check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, 70001, 5,
-                                 kern.dev)
-
-
-@pytest.mark.parametrize("shape", ["256,4,0,async", "256,4,12,async", "64,6,1,async"])
+@pytest.mark.parametrize("shape", [(512, 1, 0, True), (512, 1, 200 * 1024, True), (64, 2, 1024, True),
+                                   (256, 4, 12 * 1024, True), (64, 6, 1024, True)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_single_pass_staged_by_its_shape_equals_two_pass(kern, shape, dtype, monkeypatch):
-    """`async` in CRINGE_KERNELS_CUDA_SINGLE_PASS stages the single pass while
-    the forward keeps the row gate; 4 or more blocks per SM take the build
-    limited to 64 registers (float64: the other), with no cache, with the
-    cache clamped to a fourth of an SM, and a small block."""
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row")
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", shape)
+def test_single_pass_staged_equals_two_pass(kern, shape, dtype, monkeypatch):
+    """The staged single pass: 512 threads take 64 KB of cp.async stages (past
+    the 48 KB a block has without opting in), with no cache, with a cache
+    clamped to what is left, to a fourth of an SM, and small blocks with a
+    partial cache."""
+    launch_with(monkeypatch, shape=shape)
     check_single_pass_completion(backends.resolve(kern.name, torch.zeros(1, 1, 2, device=kern.dev)), dtype, 70001, 5,
                                  kern.dev)
 
 
-@pytest.mark.parametrize("value", ["100,1", "512,0", "1024,1", "512", "512,1,-1", "512,1,2000", "512,1,2,3",
-                                   "512,1,2,sync", "512,1,async"])
-def test_bad_single_pass_shape_is_a_clear_error(kern, value, monkeypatch):
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
+@pytest.mark.parametrize("shape", [(100, 1, 0, False), (512, 0, 0, False), (1024, 1, 0, False), (512, 1, -1, False),
+                                   (512, 33, 0, True)], ids=str)
+def test_bad_single_pass_shape_is_refused_by_the_launcher(kern, shape, monkeypatch):
+    """A launch shape outside the kernel's ranges never launches (for the
+    tuning script, which passes shapes of its own)."""
+    launch_with(monkeypatch, shape=shape)
     x = random_logits((1, 2, 10), torch.float32, kern.dev).requires_grad_(True)
-    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SINGLE_PASS"):
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidValue"):
         ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name,
-                       grad_in_forward=True)
+                       single_pass=True)
 
 
-# ---- Split rows (CRINGE_KERNELS_CUDA_SPLIT, csrc/cuda/launch.h RowSplit) -----
+# ---- Split rows (heuristics.row_pieces, csrc/cuda/launch.h RowSplit) ---------
 
 
 @pytest.mark.parametrize("pieces", [2, 3, 32])
@@ -561,7 +583,7 @@ def test_split_rows_match_reference(kern, pieces, dtype, V, k, monkeypatch):
     """Rows cut into pieces (32 pieces of a 33-column row: most are empty):
     the same samples and statistics, forward and backward, strided rows and
     ignored rows included."""
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", str(pieces))
+    launch_with(monkeypatch, pieces=pieces)
     full = random_logits((2, 4, V), dtype, kern.dev, seed=V + pieces)
     y = random_target((2, 3), V, kern.dev, seed=V)
     compare_binary(full[:, :-1], y, half_negative((2, 3), kern.dev), kern.name, k=k, ct_on_positives=True)
@@ -574,12 +596,12 @@ def test_split_rows_match_reference(kern, pieces, dtype, V, k, monkeypatch):
 def test_split_rows_on_adversarial_rows(kern, pieces, V, k, monkeypatch):
     # Ties that straddle the pieces' boundaries and candidates only at a
     # row's start or end: the merge must keep SPEC order across pieces.
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", str(pieces))
+    launch_with(monkeypatch, pieces=pieces)
     check_forward(kern, *adversarial_topk_rows(V, torch.bfloat16, kern.dev), k, rtol=2e-5, atol=2e-6)
 
 
 def test_split_rows_edge_cases(kern, monkeypatch):
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4")
+    launch_with(monkeypatch, pieces=4)
     compare_ties(kern.name, kern.dev, (1, 3, 17, 64))
     check_nan_rows(kern.name, kern.dev)
     # All rows ignored, k = 0, k >= V - 1, out-of-range targets.
@@ -605,7 +627,7 @@ def test_split_rows_edge_cases(kern, monkeypatch):
 def test_split_rows_inplace_and_single_pass(kern, dtype, monkeypatch):
     # The in-place backward in pieces; the single pass keeps one block per row
     # whatever the setting, and its completion stays bitwise the two-pass one.
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "3")
+    launch_with(monkeypatch, pieces=3)
     V = 9001
     x = random_logits((2, 3, V), dtype, kern.dev, seed=4)
     y = random_target((2, 3), V, kern.dev)
@@ -622,8 +644,8 @@ def test_split_rows_give_the_same_samples_as_one_block(kern, monkeypatch):
     y = random_target((1, 5), 70001, kern.dev, ignore_frac=0.0)
     u = torch.rand(5, device=kern.dev)
     stats = []
-    for value in ("1", "7"):
-        monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", value)
+    for value in (1, 7):
+        launch_with(monkeypatch, pieces=value)
         stats.append(backends.resolve(kern.name, x).forward(x, y.reshape(-1), u, 5, -100))
     assert torch.equal(stats[0].sample_index, stats[1].sample_index)
     assert torch.equal(stats[0].sample_logit, stats[1].sample_logit)
@@ -631,28 +653,34 @@ def test_split_rows_give_the_same_samples_as_one_block(kern, monkeypatch):
     torch.testing.assert_close(stats[0].lse, stats[1].lse, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("value", ["0", "33", "two", ""])
-def test_bad_split_is_a_clear_error(kern, value, monkeypatch):
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", value)
+@pytest.mark.parametrize("pieces", [0, 33])
+def test_bad_split_is_refused_by_the_launcher(kern, pieces, monkeypatch):
+    launch_with(monkeypatch, pieces=pieces)
     x = random_logits((1, 2, 10), torch.float32, kern.dev)
-    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SPLIT"):
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidValue"):
         ck.cringe_loss(x, random_target((1, 2), 10, kern.dev), half_negative((1, 2), kern.dev), backend=kern.name)
 
 
 def test_split_policy_and_workspace(kern):
-    """The auto policy (csrc/cuda/launch.h row_pieces) on this device, and the
-    launcher's refusal of a split without a workspace or with too many pieces."""
+    """The pieces-per-row rule (heuristics.row_pieces, compiled in the same
+    form into csrc/cuda/launch.h) on this device's SM count, the workspace
+    layout, and the launcher's refusal of a split without a workspace or
+    with too many pieces."""
+    from cringe_kernels.backends import heuristics
+
     module = _module(kern)
     sms = torch.cuda.get_device_properties(0).multi_processor_count if kern.dev == "cuda" else 3  # the simulator's
+    assert module.sm_count(0) == sms
     want = 4 * sms
-    assert module.row_pieces(want, 128256, 0) == 1  # enough rows
-    assert module.row_pieces(1, 128256, 0) == min(want, 128256 // 8192, module.max_pieces)
-    # The most pieces that fit one wave of `want` blocks, not the fewest that fill it.
-    assert module.row_pieces(want // 2, 128256, 0) == 2
-    assert module.row_pieces(want // 2 + 1, 128256, 0) == 1
-    assert module.row_pieces(want // 3, 128256, 0) == 3
-    assert module.row_pieces(1, 16383, 0) == 1  # pieces of at least 8192 columns
-    assert module.row_pieces(0, 128256, 0) == 1
+    for rule in (heuristics.row_pieces, module.row_pieces):
+        assert rule(want, 128256, sms) == 1  # enough rows
+        assert rule(1, 128256, sms) == min(want, 128256 // 8192, module.max_pieces)
+        # The most pieces that fit one wave of `want` blocks, not the fewest that fill it.
+        assert rule(want // 2, 128256, sms) == 2
+        assert rule(want // 2 + 1, 128256, sms) == 1
+        assert rule(want // 3, 128256, sms) == 3
+        assert rule(1, 16383, sms) == 1  # pieces of at least 8192 columns
+        assert rule(0, 128256, sms) == 1
     # [m, s] per piece, then k_eff keys and int32 columns per piece.
     assert module.forward_workspace_bytes(0, 3, 100, 5, 4) == 3 * 4 * (4 + 4 + 5 * (4 + 4))
     assert module.forward_workspace_bytes(1, 3, 6, 9, 4) == 3 * 4 * (8 + 8 + 5 * (8 + 4))  # k_eff = V - 1

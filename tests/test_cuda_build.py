@@ -24,16 +24,12 @@ if find_cuda_home() is None:
 if os.environ.get("CRINGE_KERNELS_SKIP_CUDA", "0") not in ("", "0"):
     pytest.skip("CRINGE_KERNELS_SKIP_CUDA is set: _C_cuda was not built on purpose", allow_module_level=True)
 
-# Kernel instantiations per architecture: the backward and the single
-# pass's completion per dtype (float32, float64, float16, bfloat16); the
-# forward per dtype with the per-thread top-k gate, and once more with the
-# warp-shared gate for all but float64 (which walks column by column); the
-# row-threshold forward per dtype, plain and with the single-pass gradient,
-# each with and without cp.async rounds (row-async), and the staged single
-# pass's 64-register build for all but float64; the merge of split rows per
-# dtype.
-KERNELS = {"forward_kernel": 7, "forward_row_threshold_kernel": 19, "merge_pieces_kernel": 4, "backward_kernel": 4,
-           "complete_kernel": 4}
+# Kernel instantiations per architecture, per dtype (float32, float64,
+# float16, bfloat16): the row-threshold forward plain, as the single pass
+# and as the staged single pass; the merge of split rows; the backward; the
+# single pass's completion. Nothing else: a variant is built only while it
+# wins a measurement.
+KERNELS = {"forward_row_threshold_kernel": 12, "merge_pieces_kernel": 4, "backward_kernel": 4, "complete_kernel": 4}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +83,8 @@ def test_every_kernel_in_report(module, report):
         for kernel, count in KERNELS.items():
             found = [r for r in rows if r["arch"] == arch and kernel in r["kernel"]]
             assert len(found) == count, f"{kernel} for {arch}: {len(found)} entries in the ptxas report"
+        total = sum(1 for r in rows if r["arch"] == arch)
+        assert total == sum(KERNELS.values()), f"{arch}: {total} kernels in the ptxas report"
 
 
 def test_no_register_spills(report):
@@ -104,47 +102,19 @@ def test_call_without_gpu_raises_cuda_error(module):
         module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0)
 
 
-def test_forward_gate_argument_is_checked(module, monkeypatch):
-    """An unknown top-k gate is refused before anything is launched, by name."""
-    with pytest.raises(ValueError, match="gate"):
-        module.forward(0, 0, 1, 1, 2, 2, 2, 0, 0, 1, -100, 0, 0, 0, 0, 0, 0, 4)
-    from cringe_kernels.backends import cuda_backend
+def test_compiled_defaults_equal_the_python_heuristics(module):
+    """The binding's defaults (csrc/cuda/launch.h) are the rules of
+    cringe_kernels/backends/heuristics.py: a single pass launched without a
+    shape, and the pieces per row, are what the Python side passes."""
+    from cringe_kernels.backends import heuristics
 
-    # gpu_check.sh exports the tune's fastest gate: the default needs the variable unset.
-    monkeypatch.delenv("CRINGE_KERNELS_CUDA_FWD_GATE", raising=False)
-    assert cuda_backend._forward_gate() == 2  # row, the fastest measured
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "thread")
-    assert cuda_backend._forward_gate() == 0
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "warp")
-    assert cuda_backend._forward_gate() == 1
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "row-async")
-    assert cuda_backend._forward_gate() == 3
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", "block")
-    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_FWD_GATE"):
-        cuda_backend._forward_gate()
-
-
-def test_single_pass_auto_shape_follows_the_row_length(monkeypatch):
-    """`auto` (the default) keeps short rows whole in shared memory and stages
-    long ones without a cache: the fastest shapes measured on each side of
-    128 KB (cuda_backend._single_pass_shape); a shape given is taken as is."""
-    from cringe_kernels.backends import cuda_backend
-
-    short, long_ = (256, 3, 64 * 1024, False), (512, 2, 0, True)
-    for value in (None, "auto"):
-        if value is None:
-            monkeypatch.delenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", raising=False)
-        else:
-            monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", value)
-        assert cuda_backend._single_pass_shape(32000 * 2) == short
-        assert cuda_backend._single_pass_shape(128 * 1024) == short
-        assert cuda_backend._single_pass_shape(128 * 1024 + 2) == long_
-        assert cuda_backend._single_pass_shape(128256 * 2) == long_
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "128,4,1,async")
-    assert cuda_backend._single_pass_shape(2) == (128, 4, 1024, True)
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS", "Auto")
-    with pytest.raises(ValueError, match="CRINGE_KERNELS_CUDA_SINGLE_PASS must be 'auto'"):
-        cuda_backend._single_pass_shape(2)
+    for row_bytes in (2, 1000, 64000, 128 * 1024, 128 * 1024 + 1, 128256 * 2, 256000 * 4):
+        assert tuple(module.single_pass_shape(row_bytes)) == tuple(heuristics.single_pass_shape(row_bytes))
+    for sms in (1, 3, 108, 132):
+        for n in (0, 1, 2, 5, 100, 4 * sms - 1, 4 * sms, 16384):
+            for V in (2, 8191, 8192, 32000, 128256, 10**6):
+                assert module.row_pieces(n, V, sms) == heuristics.row_pieces(n, V, sms), (n, V, sms)
+    assert module.max_pieces == heuristics.MAX_PIECES
 
 
 def test_nvcc_present_means_backend_installed():

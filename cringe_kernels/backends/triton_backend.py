@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import heuristics
 from ._dispatch import EagerOp
 from .base import BackendStatus, RowStats, RowStatsBackend, stats_dtype
 
@@ -42,65 +43,17 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Largest k_eff the kernel handles. The draw compares every pair of candidates
 # ([KPAD, KPAD] registers), which stops fitting on chip beyond this; larger k
-# (an unusual setting: the papers use k = 5) falls back to the PyTorch
-# implementation of the primitive, which is exact but syncs with the host.
+# (an unusual setting: the papers use k = 5) is computed by the PyTorch
+# implementation of the primitive (exact, with [N, V] temporaries).
 MAX_KERNEL_K = 256
 
-# Backward block width (columns per program) on a GPU, with _num_warps(8192)
-# = 8 warps. H100, bf16, N=16384, V=128256 (benchmarks/results/cuda-h100-3,
-# tune.csv): 8192/8 2.93 ms, 2048/4 2.95 ms, 4096/8 (the first default)
-# 3.62 ms, 8192/16 3.65 ms.
-_BWD_BLOCK = 8192
-# Rows a program of the single pass's completion: N = 16384 gives 1024
-# programs, a few waves on an H100, also when every row is written in full.
-_COMPLETE_ROWS = 16
 
-
-def _fwd_config(V: int, k: int) -> Tuple[int, int, int]:
-    """Forward ``(BLOCK, num_warps, SUB)``: columns per step, warps per row,
-    columns per top-k offer.
-
-    Wide blocks amortise the one block reduction per step; but each insertion
-    into the top-k list scans a whole block (or ``SUB`` columns of it), and a
-    row costs about ``k * (1 + ln(V / BLOCK))`` insertions, so larger k
-    prefers narrower blocks. ``SUB < BLOCK`` offers a gated block in pieces
-    read again from cache, which keeps the block-wide key arrays out of
-    registers (ptxas, sm_90, bf16, k=5: 4096 columns / 8 warps use 128
-    registers with SUB = BLOCK and 64 with SUB = 256), at the price of more,
-    smaller reductions in the blocks that hold candidates; measured faster
-    (below), so the default offers 512 columns at a time.
-
-    ``CRINGE_KERNELS_TRITON_FWD="BLOCK,WARPS[,SUB]"`` overrides the choice
-    (for tuning: ``benchmarks/kernel_tune.py`` times the candidates), and
-    ``TritonRowStats(block_v=, sub_v=)`` overrides the block and the piece.
-    """
-    override = os.environ.get("CRINGE_KERNELS_TRITON_FWD")
-    if override:
-        values = [int(v) for v in override.split(",")]
-        block = min(values[0], triton.next_power_of_2(V))
-        sub = min(values[2], block) if len(values) > 2 else block
-        return block, values[1], sub
-    # Measured on an H100 at V=128256, k=5, bf16 (benchmarks/results/cuda-h100-3,
-    # tune.csv): 2048 columns, 4 warps, offered in 512-column pieces 2.17 ms;
-    # the same with SUB = 256 2.23 ms, SUB = BLOCK 2.94 ms; 4096/4/512
-    # 2.71 ms; 1024/4 3.10 ms; 8 warps >= 3.5 ms. Small programs win (more
-    # rows in flight per SM), and small pieces keep the offer's key arrays
-    # in registers. k > 8 (more insertions) halves the block; not measured.
-    cap = 2048 if k <= 8 else 1024
-    block = min(cap, triton.next_power_of_2(V))
-    return block, 4, min(512, block)
+# Triton reads TRITON_INTERPRET when it is imported; so does this module, once.
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _block(V: int, cap: int) -> int:
-    return min(cap, triton.next_power_of_2(V))
-
-
-def _num_warps(block: int) -> int:
-    return 8 if block >= 2048 else 4
+    return _INTERPRETING
 
 
 def _acc(dtype: torch.dtype):
@@ -142,7 +95,19 @@ def _as_stats(logits: torch.Tensor, *vectors: torch.Tensor):
     return tuple(v.to(acc).contiguous() for v in vectors)
 
 
-def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, lse_weight=None, grad=None):
+def _forward_config(V: int, k: int, block_v: int, sub_v: int) -> heuristics.TritonForwardConfig:
+    """:func:`heuristics.triton_forward_config`, with the block and the offer's
+    piece given by the caller where they are not 0 (tests take small blocks)."""
+    if block_v <= 0:
+        config = heuristics.triton_forward_config(V, k)
+        return config if sub_v <= 0 else config._replace(sub=min(sub_v, config.block))
+    return heuristics.TritonForwardConfig(block_v, heuristics.triton_num_warps(block_v),
+                                          min(sub_v, block_v) if sub_v > 0 else block_v)
+
+
+def _launch_forward(logits, target, uniform, k, ignore_index, config: heuristics.TritonForwardConfig,
+                    lse_weight=None, grad=None):
+    """The forward kernel with an explicit ``config`` (``benchmarks/kernel_tune.py`` times others)."""
     B, T, V = logits.shape
     N = B * T
     acc = stats_dtype(logits.dtype)
@@ -153,11 +118,6 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, ls
     if N == 0 or (_interpreting() and _tracing(logits)):
         return lse, t_logit, s_logit, s_index
     with_grad = grad is not None
-    block, warps, sub = _fwd_config(V, k)
-    if block_v > 0:
-        block, warps, sub = block_v, _num_warps(block_v), block_v
-    if sub_v > 0:
-        sub = min(sub_v, block)
     kpad = triton.next_power_of_2(max(k, 1))
     # With k == 0 the uniform is never read; any pointer will do.
     u = uniform if uniform is not None else lse
@@ -167,8 +127,9 @@ def _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, ls
             lse_weight if with_grad else lse, grad if with_grad else logits,
             T, V, logits.stride(0), logits.stride(1),
             grad.stride(0) if with_grad else 0, grad.stride(1) if with_grad else 0, ignore_index,
-            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=block, SUB=sub, WITH_GRAD=with_grad,
-            BF16_BY_HAND=with_grad and _interpreting() and logits.dtype == torch.bfloat16, num_warps=warps,
+            ACC=_acc(logits.dtype), K=k, KPAD=kpad, BLOCK=config.block, SUB=config.sub, WITH_GRAD=with_grad,
+            BF16_BY_HAND=with_grad and _interpreting() and logits.dtype == torch.bfloat16,
+            num_warps=config.num_warps,
         )
     return lse, t_logit, s_logit, s_index
 
@@ -179,23 +140,24 @@ def _launch_backward(logits, out, target, sample_index, lse, grad_lse, grad_targ
     N = B * T
     if N == 0 or (_interpreting() and _tracing(logits)):
         return
-    block = block_v if block_v > 0 else _block(V, _BWD_BLOCK)
+    block = block_v if block_v > 0 else heuristics.triton_backward_block(V)
     args = (logits, out, target, sample_index, lse, grad_lse, grad_target, grad_sample)
     strides = (logits.stride(0), logits.stride(1), out.stride(0), out.stride(1))
     bf16_by_hand = _interpreting() and logits.dtype == torch.bfloat16
     with _on_device(logits):
         if lse_weight is not None:
             # A few waves of programs with a row vector each (see the kernel).
-            torch.library.wrap_triton(_k.row_stats_complete_kernel)[(triton.cdiv(N, _COMPLETE_ROWS),)](
-                *args, lse_weight, N, T, V, *strides, ignore_index, ACC=_acc(logits.dtype), ROWS=_COMPLETE_ROWS,
-                BLOCK=block, BF16_BY_HAND=bf16_by_hand, num_warps=_num_warps(block),
+            rows = heuristics.TRITON_COMPLETE_ROWS
+            torch.library.wrap_triton(_k.row_stats_complete_kernel)[(triton.cdiv(N, rows),)](
+                *args, lse_weight, N, T, V, *strides, ignore_index, ACC=_acc(logits.dtype), ROWS=rows,
+                BLOCK=block, BF16_BY_HAND=bf16_by_hand, num_warps=heuristics.triton_num_warps(block),
             )
             return
         # The column blocks go on the grid's second axis, limited to 65535.
         block = max(block, triton.next_power_of_2(triton.cdiv(V, 65535)))
         torch.library.wrap_triton(_k.row_stats_bwd_kernel)[(N, triton.cdiv(V, block))](
             *args, T, V, *strides, ignore_index, ACC=_acc(logits.dtype), BLOCK=block, BF16_BY_HAND=bf16_by_hand,
-            num_warps=_num_warps(block),
+            num_warps=heuristics.triton_num_warps(block),
         )
 
 
@@ -250,7 +212,8 @@ if _IMPORT_ERROR is None:
         tuple of Tensor
             ``[N]`` each: three in the statistics dtype, then int64.
         """
-        return _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v)
+        config = _forward_config(logits.shape[-1], k, block_v, sub_v)
+        return _launch_forward(logits, target, uniform, k, ignore_index, config)
 
     @_register("cringe_kernels::triton_row_grad", mutates_args=())
     def triton_row_grad(
@@ -301,7 +264,8 @@ if _IMPORT_ERROR is None:
         (zeros on ignored rows) as a new ``[B, T, V]`` tensor; see
         :meth:`cringe_kernels.backends.base.RowStatsBackend.forward_with_grad`."""
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        stats = _launch_forward(logits, target, uniform, k, ignore_index, block_v, sub_v, lse_weight, grad)
+        config = _forward_config(logits.shape[-1], k, block_v, sub_v)
+        stats = _launch_forward(logits, target, uniform, k, ignore_index, config, lse_weight, grad)
         return (*stats, grad)
 
     @_register("cringe_kernels::triton_row_grad_complete_", mutates_args={"grad"})
@@ -334,7 +298,7 @@ class TritonRowStats(RowStatsBackend):
         the multi-block streaming paths on small vocabularies.
     sub_v : int, optional
         Columns per top-k offer in the forward (a power of two, at most the
-        block; see ``_fwd_config``); ``None`` picks the default.
+        block; see :func:`heuristics.triton_forward_config`); ``None`` picks the default.
     """
 
     name = "triton"

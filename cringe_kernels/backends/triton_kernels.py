@@ -13,7 +13,7 @@ Forward, one program per row, one streaming read of the row in blocks of
   row, so the steady state is a max, an exp and an add per column;
 * a streaming top-k that skips the target column. The running list is a
   ``KPAD``-wide register array of (key, column) pairs, unsorted, of which the
-  first ``K`` slots are live. The pair order is SPEC.md's: key descending, then
+  first ``K`` slots are live. The pair order is docs/spec.md's: key descending, then
   column ascending; the key is the logit with NaN mapped to ``+inf`` (as the
   reference orders it). The list's worst live pair is the threshold. The
   same block max gates it: a block whose max is below the threshold costs
@@ -35,7 +35,7 @@ holds ``(-inf, EMPTY + slot)`` and the target column and the padding past
 ``V`` hold ``(-inf, EXCLUDED)``, with ``V <= EMPTY < EMPTY + KPAD <= EXCLUDED``.
 So every real column, ``-inf`` included, beats an empty slot, nothing beats a
 live slot by being excluded, and a ``-inf`` logit can still be a candidate
-when fewer than ``K`` finite ones exist (SPEC.md: -inf is legal, rarely picked).
+when fewer than ``K`` finite ones exist (docs/spec.md: -inf is legal, rarely picked).
 
 Backward, one program per (row, block of columns): one read of the logits and
 one write of the gradient, fp32 math (fp64 for fp64 logits) and a single cast
@@ -276,7 +276,7 @@ def row_stats_fwd_kernel(
             # operations, same rounding. A target out of range leaves the
             # row to the backward. From the row's end: L2 (50 MB) turns over
             # in ~17 us at 3 TB/s, much less than a row's first pass, so
-            # only the end just read is still there (PERF_NOTES.md).
+            # only the end just read is still there.
             if in_range:
                 out_base = _row_base(row, T, out_stride_b, out_stride_t)
                 lse_w = tl.load(w_ptr + row).to(ACC)

@@ -47,43 +47,51 @@ PYBIND11_MODULE(_C_cuda, m) {
       [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
          std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
          std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
-         std::uintptr_t stream, int gate, std::uintptr_t lse_weight, std::uintptr_t grad, int64_t grad_stride_b,
-         int64_t grad_stride_t, int grad_threads, int grad_blocks_per_sm, int grad_cache_bytes, int pieces,
-         std::uintptr_t workspace, bool grad_staged) {
-        cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
-                                                 ignore_index, lse, target_logit, sample_logit, sample_index);
-        cringe::bindings::set_single_pass(p, lse_weight, grad, grad_stride_b, grad_stride_t);
-        if (gate < 0 || gate > 3) {
-          throw std::invalid_argument("gate must be 0 (thread), 1 (warp), 2 (row) or 3 (row-async)");
-        }
+         std::uintptr_t stream, int pieces, std::uintptr_t workspace) {
+        const cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
+                                                       ignore_index, lse, target_logit, sample_logit, sample_index);
         check(cudaSetDevice(device), "cudaSetDevice");
-        cringe::cuda::SinglePassShape shape;
-        shape.threads = grad_threads;
-        shape.blocks_per_sm = grad_blocks_per_sm;
-        shape.cache_bytes = grad_cache_bytes;
-        shape.staged = grad_staged;
         cringe::cuda::RowSplit split;
         split.pieces = pieces;
         split.workspace = cringe::bindings::ptr<void>(workspace);
-        check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream),
-                                           static_cast<cringe::cuda::ForwardGate>(gate), shape, split),
-              "forward launch");
+        check(cringe::cuda::launch_forward(p, reinterpret_cast<cudaStream_t>(stream), split), "forward launch");
       },
       py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
       py::arg("stride_t"), py::arg("target"), py::arg("uniform"), py::arg("k"), py::arg("ignore_index"),
       py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
-      py::arg("stream"), py::arg("gate") = 0, py::arg("lse_weight") = 0, py::arg("grad") = 0,
-      py::arg("grad_stride_b") = 0, py::arg("grad_stride_t") = 0, py::arg("grad_threads") = 512,
-      py::arg("grad_blocks_per_sm") = 1, py::arg("grad_cache_bytes") = 0, py::arg("pieces") = 1, py::arg("workspace") = 0,
-      py::arg("grad_staged") = false, py::call_guard<py::gil_scoped_release>(),
-      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `gate`: the top-k "
-      "strategy, 0 per-thread lists, 1 warp-shared gate, 2 row threshold, 3 row threshold with cp.async "
-      "rounds (see csrc/cuda/launch.h). With "
-      "`lse_weight` and `grad`, also the single-pass gradient for d loss / d lse = lse_weight, launched with "
-      "`grad_threads` per block and `grad_blocks_per_sm`, keeping up to `grad_cache_bytes` of each row in shared "
-      "memory for the gradient sweep, its rounds copied by cp.async if `grad_staged` (or `gate` is 3). "
-      "`pieces` > 1: each row in that many blocks, their "
-      "statistics merged through `workspace` (forward_workspace_bytes bytes; see csrc/cuda/launch.h).");
+      py::arg("stream"), py::arg("pieces") = 1, py::arg("workspace") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Row statistics of [B, T, V] logits on `stream`; see cringe_kernels/backends/base.py. `pieces` > 1: each "
+      "row in that many blocks, their statistics merged through `workspace` (forward_workspace_bytes bytes; see "
+      "csrc/cuda/launch.h).");
+
+  m.def(
+      "single_pass",
+      [](int dtype, std::uintptr_t logits, int64_t B, int64_t T, int64_t V, int64_t stride_b, int64_t stride_t,
+         std::uintptr_t target, std::uintptr_t uniform, int64_t k, int64_t ignore_index, std::uintptr_t lse,
+         std::uintptr_t target_logit, std::uintptr_t sample_logit, std::uintptr_t sample_index, int device,
+         std::uintptr_t stream, std::uintptr_t lse_weight, std::uintptr_t grad, int threads, int blocks_per_sm,
+         int cache_bytes, bool staged) {
+        cringe::ForwardParams p = forward_params(dtype, logits, B, T, V, stride_b, stride_t, target, uniform, k,
+                                                 ignore_index, lse, target_logit, sample_logit, sample_index);
+        // `grad` is a new contiguous [B, T, V] tensor.
+        cringe::bindings::set_single_pass(p, lse_weight, grad, T * V, V);
+        check(cudaSetDevice(device), "cudaSetDevice");
+        const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+        check(threads == 0 ? cringe::cuda::launch_forward(p, s)
+                           : cringe::cuda::launch_single_pass(
+                                 p, s, cringe::cuda::SinglePassShape{threads, blocks_per_sm, cache_bytes, staged}),
+              "single pass launch");
+      },
+      py::arg("dtype"), py::arg("logits"), py::arg("B"), py::arg("T"), py::arg("V"), py::arg("stride_b"),
+      py::arg("stride_t"), py::arg("target"), py::arg("uniform"), py::arg("k"), py::arg("ignore_index"),
+      py::arg("lse"), py::arg("target_logit"), py::arg("sample_logit"), py::arg("sample_index"), py::arg("device"),
+      py::arg("stream"), py::arg("lse_weight"), py::arg("grad"), py::arg("threads") = 0,
+      py::arg("blocks_per_sm") = 0, py::arg("cache_bytes") = 0, py::arg("staged") = false,
+      py::call_guard<py::gil_scoped_release>(),
+      "The forward's statistics and, into the contiguous `grad`, the gradient for d loss / d lse = `lse_weight`, "
+      "which backward() with the same `lse_weight` completes. Launched with `threads` per block and "
+      "`blocks_per_sm`, keeping up to `cache_bytes` of each row in shared memory for the gradient sweep, its "
+      "rounds copied by cp.async if `staged`; threads=0: single_pass_shape(V * element size).");
 
   m.def(
       "backward",
@@ -105,17 +113,30 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("grad_stride_b"), py::arg("grad_stride_t"), py::arg("device"), py::arg("stream"),
       py::arg("lse_weight") = 0, py::arg("pieces") = 1, py::call_guard<py::gil_scoped_release>(),
       "Gradient of the logits on `stream`; grad may alias logits. With `lse_weight`, completes the gradient a "
-      "forward with the same `lse_weight` wrote into `grad`. `pieces`: blocks per row.");
+      "single_pass() with the same `lse_weight` wrote into `grad`. `pieces`: blocks per row.");
 
   m.def(
-      "row_pieces",
-      [](int64_t N, int64_t V, int device) {
+      "sm_count",
+      [](int device) {
         int sms = 0;
         check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-        return cringe::cuda::row_pieces(N, V, sms);
+        return sms;
       },
-      py::arg("N"), py::arg("V"), py::arg("device"),
-      "Blocks per row for N rows of V columns on `device` (the policy of CRINGE_KERNELS_CUDA_SPLIT=auto).");
+      py::arg("device"), "Number of SMs of CUDA device `device`.");
+
+  m.def("row_pieces", &cringe::cuda::row_pieces, py::arg("N"), py::arg("V"), py::arg("sms"),
+        "Blocks per row for N rows of V columns on `sms` SMs (the rule of csrc/cuda/launch.h; the Python side "
+        "holds the same in cringe_kernels/backends/heuristics.py).");
+
+  m.def(
+      "single_pass_shape",
+      [](int64_t row_bytes) {
+        const cringe::cuda::SinglePassShape s = cringe::cuda::single_pass_shape(row_bytes);
+        return py::make_tuple(s.threads, s.blocks_per_sm, s.cache_bytes, s.staged);
+      },
+      py::arg("row_bytes"),
+      "(threads, blocks_per_sm, cache_bytes, staged) of the single pass over rows of `row_bytes` bytes: what "
+      "single_pass() takes with threads=0.");
 
   m.def(
       "forward_workspace_bytes",

@@ -132,12 +132,12 @@ cudaError_t launch(const BackwardParams& p, int pieces, cudaStream_t stream) {
   const int threads = threads_for(kThreads, (p.V + Pack<S>::kN - 1) / Pack<S>::kN / pieces);
   const int64_t N = p.B * p.T;
   if (p.lse_weight != nullptr && pieces == 1) {
-    int device = 0, sms = 0;
-    const cudaError_t err = current_device_sms(device, sms);
+    DeviceLimits dev{};
+    const cudaError_t err = current_device_limits(dev);
     if (err != cudaSuccess) return err;
     // About one wave of 2048 threads per SM (fewer threads for short rows,
     // the block still checks up to `threads` rows at once).
-    const int64_t wave = static_cast<int64_t>(sms) * (2048 / threads);
+    const int64_t wave = static_cast<int64_t>(dev.sms) * (2048 / threads);
     int64_t rows = (N + wave - 1) / wave;
     if (rows > threads) rows = threads;
     const int64_t blocks = (N + rows - 1) / rows;

@@ -7,8 +7,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 
 #include "cringe/macros.h"
 #include "cringe/row_math.h"
@@ -92,7 +94,8 @@ struct alignas(16) Pack {
 // The columns of one 16-byte pack as accumulation values. A bfloat16 is the
 // high half of its float, so each 32-bit pair comes apart with one shift and
 // one mask instead of an extract and a shift per column (the forward's hot
-// loop issues ~5 instructions a column: this was one and a half of them).
+// loop issues ~5 instructions a column; the extracts would add one and a
+// half).
 template <DType D>
 __device__ __forceinline__ void unpack(const Pack<typename Types<D>::S>& pk,
                                        typename Types<D>::Acc (&x)[Pack<typename Types<D>::S>::kN]) {
@@ -136,12 +139,45 @@ __device__ __forceinline__ void piece_packs(int packs, int piece, int pieces, in
   hi = static_cast<int>(static_cast<int64_t>(packs) * (piece + 1) / pieces);
 }
 
-// The current device and its number of SMs (host side), for grids sized
-// to the machine.
-inline cudaError_t current_device_sms(int& device, int& sms) {
+// What the launchers size grids and shared memory by (host side): the
+// device's SMs and shared memory per block (opt-in), per SM and reserved
+// per block. Queried once per device and kept: the values never change, and
+// each query is a runtime call on every launch otherwise.
+struct DeviceLimits {
+  int sms, smem_optin, smem_per_sm, smem_reserved;
+};
+
+constexpr int kMaxDevices = 64;
+
+inline cudaError_t current_device_limits(DeviceLimits& out) {
+  static std::atomic<bool> ready[kMaxDevices];
+  static DeviceLimits limits[kMaxDevices];
+  static std::mutex fill;
+  int device = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return err;
+  if (err != cudaSuccess) return err;
+  const bool cached = device >= 0 && device < kMaxDevices;
+  if (cached && ready[device].load(std::memory_order_acquire)) {
+    out = limits[device];
+    return cudaSuccess;
+  }
+  DeviceLimits d{};
+  err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  }
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+  if (err != cudaSuccess) return err;
+  if (cached) {
+    std::lock_guard<std::mutex> lock(fill);
+    if (!ready[device].load(std::memory_order_relaxed)) {
+      limits[device] = d;
+      ready[device].store(true, std::memory_order_release);
+    }
+  }
+  out = d;
+  return cudaSuccess;
 }
 
 // Threads per block (host side) for rows, or pieces of rows, of `packs`
@@ -150,32 +186,6 @@ inline cudaError_t current_device_sms(int& device, int& sms) {
 inline int threads_for(int threads, int64_t packs) {
   while (threads > 32 && threads / 2 >= packs) threads /= 2;
   return threads;
-}
-
-// Walks this thread's columns of the row in ascending order (the top-k relies
-// on it): the unaligned head element by element (on_element(col, raw)), then
-// 16-byte packs strided by blockDim (on_pack(first_col, pack)), then the tail
-// element by element.
-template <class S, class OnPack, class OnElement>
-__device__ __forceinline__ void walk_row(const S* row, int V, OnPack&& on_pack, OnElement&& on_element) {
-  constexpr int kN = Pack<S>::kN;
-  const int head = head_elements(row, V);
-  for (int j = threadIdx.x; j < head; j += blockDim.x) on_element(j, row[j]);
-  const int packs = (V - head) / kN;
-  const Pack<S>* body = reinterpret_cast<const Pack<S>*>(row + head);
-  const int T = blockDim.x;
-  int p = threadIdx.x;
-  // kUnroll loads in flight per thread before any is used: small blocks
-  // (large k) still keep enough bytes in flight to cover memory latency.
-  for (; p + (kUnroll - 1) * T < packs; p += kUnroll * T) {
-    Pack<S> pk[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) pk[u] = body[p + u * T];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) on_pack(head + (p + u * T) * kN, pk[u]);
-  }
-  for (; p < packs; p += T) on_pack(head + p * kN, body[p]);
-  for (int j = head + packs * kN + threadIdx.x; j < V; j += blockDim.x) on_element(j, row[j]);
 }
 
 // max() that ignores a NaN operand (one FMNMX): the pack max that gates the
@@ -226,17 +236,6 @@ __device__ __forceinline__ Int warp_max_int(Int v) {
     }
     return v;
   }
-}
-
-// The largest v among the lanes of this warp that execute this call together
-// (one redux.sync on sm_80+; only the caller's own v before sm_80). Safe in
-// divergent code: lanes outside __activemask() are neither waited for nor read.
-__device__ __forceinline__ int active_lanes_max(int v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  return __reduce_max_sync(__activemask(), v);
-#else
-  return v;
-#endif
 }
 
 // Asynchronous 16-byte copies from global to shared memory (cp.async,

@@ -1,24 +1,16 @@
-// CUDA forward kernels of the row-statistics primitive: one block per row.
+// CUDA forward kernel of the row-statistics primitive: one block per row.
 //
-// One read of the row. Each thread walks its columns (16-byte packs where
-// aligned) keeping an online (max, sum-exp) pair; per pack the hot path is a
-// max, one exp and one add per column, and the pack max also gates the
-// top-k. Two kernels differ in how they keep the top-k (ForwardGate,
-// launch.h):
-//   * forward_kernel (kThread, kWarp): a sorted list of each thread's own
-//     best k_eff non-target columns in shared memory, gated by the thread's
-//     (or its warp's best) k-th key; the lists are merged by k_eff rounds of
-//     a block-wide argmax over their heads (value desc, column asc: SPEC.md's
-//     order);
-//   * forward_row_threshold_kernel (kRow): one list per row and its k-th key
-//     as the gate of the whole block (below); with kWithGrad it also writes
-//     the single-pass gradient; with pieces > 1 (few rows: launch.h,
-//     RowSplit) a block takes one piece of a row and leaves its statistics
-//     to merge_pieces_kernel.
-// The (max, sum) pairs are merged by warp shuffles and one shared step, and
-// thread 0 draws from the k_eff candidates (row_math.h) and writes the four
-// outputs. Offsets of rows are int64; columns inside a row are int32
-// (V < 2^31).
+// One read of the row. Each thread walks its columns in 16-byte packs
+// keeping an online (max, sum-exp) pair; per pack the hot path is a max, one
+// exp and one add per column, and the pack max also gates the top-k: the
+// block keeps one sorted list per row and its k-th key as the threshold of
+// every thread (forward_row_threshold_kernel, below). With kWithGrad the
+// same kernel also writes the single-pass gradient; with pieces > 1 (few
+// rows: launch.h, RowSplit) a block takes one piece of a row and leaves its
+// statistics to merge_pieces_kernel. The (max, sum) pairs are merged by warp
+// shuffles and one shared step, and thread 0 draws from the k_eff
+// candidates (row_math.h) and writes the four outputs. Offsets of rows are
+// int64; columns inside a row are int32 (V < 2^31).
 #include <climits>
 #include <limits>
 #include <type_traits>
@@ -31,10 +23,9 @@ namespace cringe {
 namespace cuda {
 namespace {
 
+// Threads of the two-pass forward's blocks (4 blocks per SM fit its 64
+// registers) and of float64's single pass.
 constexpr int kMaxThreads = 256;
-// Shared memory for the per-thread lists; below the 48 KiB a launch gets
-// without opting in, with room for the kernel's static arrays.
-constexpr int kListBytes = 40 * 1024;
 
 template <class Acc>
 __device__ __forceinline__ void warp_argmax(Acc& key, int& col) {
@@ -118,145 +109,8 @@ __device__ __forceinline__ LseState<Acc> block_lse(LseState<Acc> st, Acc* warp_m
   return st;
 }
 
-template <DType D, ForwardGate kGate>
-__global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParams p, const int k_eff) {
-  using Ty = Types<D>;
-  using S = typename Ty::S;
-  using Acc = typename Ty::Acc;
-
-  CRINGE_DYNAMIC_SHARED(smem);
-  Acc* list_keys = reinterpret_cast<Acc*>(smem);
-  int* list_cols = reinterpret_cast<int*>(list_keys + static_cast<size_t>(k_eff) * blockDim.x);
-  __shared__ Acc cand_keys[kMaxK];
-  __shared__ int cand_cols[kMaxK];
-  __shared__ Acc warp_m[32];  // log-sum-exp partials
-  __shared__ Acc warp_s[32];
-  __shared__ Acc warp_key[32];  // top-k merge partials (separate: no barrier between the two)
-  __shared__ int warp_col[32];
-
-  const int V = static_cast<int>(p.V);
-  const int64_t N = p.B * p.T;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int nwarps = (blockDim.x + 31) >> 5;
-  Acc* lse_out = static_cast<Acc*>(p.lse);
-  Acc* tl_out = static_cast<Acc*>(p.target_logit);
-  Acc* sl_out = static_cast<Acc*>(p.sample_logit);
-
-  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
-    const int64_t y = p.target[i];
-    if (y == p.ignore_index || y < 0 || y >= V) {  // block-uniform: no barrier skipped unevenly
-      if (threadIdx.x == 0) write_skipped_row<Acc>(p, i, y);
-      continue;
-    }
-    const S* row = logits_row<S>(p, i);
-    const int yc = static_cast<int>(y);
-
-    LseState<Acc> st = LseState<Acc>::empty();
-    StridedTopK<Acc, int> tk{list_keys + threadIdx.x, list_cols + threadIdx.x, static_cast<int>(blockDim.x), k_eff, 0};
-    Acc thr = neg_inf<Acc>();  // tk.threshold(), kept in a register
-    const FastExp ex;
-    // The exact top-k step of one column: SPEC order, target skipped, NaN as +inf.
-    auto offer = [&](int col, Acc x) {
-      if (col != yc) {
-        const Acc key = topk_key(x);
-        if (key > thr || tk.count < k_eff) {
-          tk.offer(key, col);
-          thr = tk.threshold();
-        }
-      }
-    };
-    // The hot loop, per 16-byte pack: a pack max (NaN ignored) raises the
-    // running max (rarely), one exp per column is summed without a branch,
-    // and the same max gates the top-k: only a pack that may hold a
-    // candidate (max above the threshold, list not yet full) or a NaN (s
-    // turned NaN) is offered column by column. The gate includes the target
-    // column, so it can only open too often, never too rarely.
-    Acc shift = Acc(0);  // st.shift(), kept in a register
-    walk_row(
-        row, V,
-        [&](int col0, const Pack<S>& pk) {
-          constexpr int kN = Pack<S>::kN;
-          Acc x[kN];
-          unpack<D>(pk, x);
-          if constexpr (!std::is_same<Acc, float>::value) {
-            // float64: two columns per pack gain nothing from the gate, and
-            // the extra live doubles around the (called) exp spill.
-#pragma unroll
-            for (int e = 0; e < kN; ++e) {
-              st.push(x[e], ex);
-              if (k_eff > 0) offer(col0 + e, x[e]);
-            }
-          } else {
-            const Acc pm = lse_add_pack(st, shift, x);
-            bool may_hold = pm > thr || tk.count < k_eff;
-            if constexpr (kGate == ForwardGate::kWarp) {
-              // Another lane's full list beats every column below its k-th
-              // key; a column equal to it may still win on column order, so
-              // only a pack strictly below the warp's best bound is skipped.
-              // (Every active lane takes part, before any lane branches.)
-              const int bound = active_lanes_max(ordered_int(thr));
-              may_hold = may_hold && ordered_int(pm) >= bound;
-            }
-            if (k_eff > 0 && (may_hold || st.s != st.s)) {
-#pragma unroll
-              for (int e = 0; e < kN; ++e) offer(col0 + e, x[e]);
-            }
-          }
-        },
-        [&](int col, S raw) {
-          const Acc x = Ty::load(raw);
-          st.push(x, ex);
-          shift = st.shift();
-          if (k_eff > 0) offer(col, x);
-        });
-
-    st = block_lse(st, warp_m, warp_s);
-    if (threadIdx.x == 0) {
-      lse_out[i] = st.lse();
-      tl_out[i] = Ty::load(row[yc]);
-    }
-
-    if (k_eff > 0) {
-      // k_eff rounds of block argmax over the heads of the per-thread lists.
-      int head = 0;
-      for (int r = 0; r < k_eff; ++r) {
-        Acc hk = head < tk.count ? list_keys[head * blockDim.x + threadIdx.x] : neg_inf<Acc>();
-        int hc = head < tk.count ? list_cols[head * blockDim.x + threadIdx.x] : INT_MAX;
-        warp_argmax(hk, hc);
-        if (lane == 0) {
-          warp_key[warp] = hk;
-          warp_col[warp] = hc;
-        }
-        __syncthreads();
-        if (warp == 0) {
-          hk = lane < nwarps ? warp_key[lane] : neg_inf<Acc>();
-          hc = lane < nwarps ? warp_col[lane] : INT_MAX;
-          warp_argmax(hk, hc);
-          if (lane == 0) {
-            cand_keys[r] = hk;
-            cand_cols[r] = hc;
-          }
-        }
-        __syncthreads();
-        if (head < tk.count && list_cols[head * blockDim.x + threadIdx.x] == cand_cols[r]) ++head;
-      }
-      if (threadIdx.x == 0) {
-        const int col = cand_cols[draw_position(cand_keys, k_eff, 1, p.uniform[i])];
-        p.sample_index[i] = col;
-        sl_out[i] = Ty::load(row[col]);
-      }
-    } else if (threadIdx.x == 0) {
-      p.sample_index[i] = -1;
-      sl_out[i] = Acc(0);
-    }
-    // The shared arrays are reused by the next row of this block.
-    __syncthreads();
-  }
-}
-
 // ---------------------------------------------------------------------------
-// Row-threshold forward (ForwardGate::kRow).
+// Row-threshold forward.
 //
 // The block keeps one sorted top-k list per row in shared memory and its
 // threshold: the list's k-th key once it holds k candidates, -inf before.
@@ -267,9 +121,10 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
 // raises the threshold for the whole block, only when a round leaves it
 // overfull or deeper than kMergeAt entries, and once at the end of the row
 // (finish_offers): a merge is a serial stretch of k_eff warp argmaxes that
-// the other warps wait out at a barrier, and merging after every round
-// that offered anything cost ~10 merges a row (benchmarks/topk_work_model.py:
-// now ~3 at V = 128256). A round whose candidates do not fit the buffer
+// the other warps wait out at a barrier; merging after every round that
+// offers anything would take ~10 merges a row at V = 128256, k = 5 against
+// ~3 this way (a replay of the offers on random rows). A round whose
+// candidates do not fit the buffer
 // merges those that do, drops the ones the raised threshold now rules out
 // and offers the rest again from registers (each thread tracks its columns
 // of the round in a 32-bit mask), so a row of ties takes several passes but
@@ -277,12 +132,12 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardParam
 
 // Candidate buffer entries. Round 0 starts from a seed threshold
 // (round0_seed), so it offers a few dozen columns at V = 128256, k = 5;
-// without the seed it offered every column of the round (8192 for 16-bit
-// types) and merged a full buffer, ~7% of the row's instructions.
+// without a seed it would offer every column of the round (8192 for 16-bit
+// types) and merge a full buffer, ~7% of the row's instructions.
 constexpr int kBufferSlots = 1024;
-// Buffered candidates at which a round merges even without an overflow
-// (benchmarks/topk_work_model.py: at V = 128256, k = 5 about 3 merges a row
-// instead of 2, and the final merge scans ~130 entries instead of ~780).
+// Buffered candidates at which a round merges even without an overflow (at
+// V = 128256, k = 5 about 3 merges a row instead of 2, and the final merge
+// scans ~130 entries instead of ~780).
 constexpr int kMergeAt = 128;
 
 template <class Acc>
@@ -461,35 +316,23 @@ __device__ __forceinline__ void finish_offers(RowTopK<Acc>& sh, int k_eff, int l
 
 // kWithGrad: also the single-pass gradient (ForwardParams::lse_weight): once
 // the row's lse is known the block sweeps the row again, just read, so
-// mostly from L2 (the launcher runs one block per SM, so the rows in flight,
-// 132 x 256 KB for bf16 V = 128256 on an H100, fit in its 50 MB L2), and
-// writes lse_weight * exp(x - lse). With `cache_packs` > 0 the first pass
-// also stores the row's first packs in dynamic shared memory, and the sweep
-// reads those from there (SinglePassShape::cache_bytes). 512 threads (16 KB of loads in flight
-// per thread round): the 64 registers a 1024-thread block allows spill on
-// sm_80; float64 (gradcheck, not speed) keeps 256. The plain row-threshold
-// kernel asks for 4 blocks per SM (<= 64 registers).
-template <DType D>
-constexpr int grad_threads() {
-  return std::is_same<typename Types<D>::Acc, double>::value ? kMaxThreads : 512;
-}
-
-// Threads and blocks per SM the row-threshold kernel is compiled for. The
-// plain kernel: 256 threads, 4 blocks (<= 64 registers). kWithGrad: up to
-// grad_threads, one block (no register cap; ~79 for bf16, so 3 blocks of
-// 256 threads fit an SM), or, kFourBlocks, the plain kernel's 256 x 4 for
-// 32 warps a SM instead of 24 (the single pass is latency-bound: run 4,
-// 256 x 2 -> 256 x 3 took it from 5.24 to 4.34 ms, staged); only the
-// staged kernel fits 64 registers without spilling (63 for bf16, sm_90).
-// float64 (gradcheck, not speed) spills in the 64 registers of four
-// blocks: one block, 256 threads.
-template <DType D, bool kWithGrad, bool kFourBlocks>
+// mostly from L2 (the persistent grid keeps few rows in flight: 2 x 132 x
+// 250 KB for bf16 V = 128256 on an H100, inside its 50 MB L2), from its end
+// (read last, so still there), and writes lse_weight * exp(x - lse). With
+// `cache_packs` > 0 the first pass also stores the row's first packs in
+// dynamic shared memory, and the sweep reads those from there
+// (SinglePassShape::cache_bytes). Up to 512 threads (16 KB of loads in
+// flight per thread round), with no register cap (~79 registers for bf16,
+// so 3 blocks of 256 threads or 2 of 512 fit an SM); float64 (gradcheck,
+// not speed) keeps 256. The plain kernel: 256 threads, 4 blocks per SM
+// (<= 64 registers).
+template <DType D, bool kWithGrad>
 constexpr int row_threshold_max_threads() {
-  return kWithGrad && !kFourBlocks ? grad_threads<D>() : kMaxThreads;
+  return kWithGrad && !std::is_same<typename Types<D>::Acc, double>::value ? 512 : kMaxThreads;
 }
-template <DType D, bool kWithGrad, bool kFourBlocks>
+template <DType D, bool kWithGrad>
 constexpr int row_threshold_min_blocks() {
-  return (kWithGrad && !kFourBlocks) || std::is_same<typename Types<D>::Acc, double>::value ? 1 : kPieceBlocksPerSm;
+  return kWithGrad || std::is_same<typename Types<D>::Acc, double>::value ? 1 : kPieceBlocksPerSm;
 }
 
 // With pieces > 1 the block takes piece `item % pieces` of row `item /
@@ -497,12 +340,12 @@ constexpr int row_threshold_min_blocks() {
 // columns; it writes the piece's (max, sum-exp) and its sorted top-k list
 // (the best k_eff of its columns, padded with (-inf, INT_MAX)) to the
 // workspace instead of the row's outputs.
-// kStaged: 16-byte packs of dynamic shared memory per thread, two rounds.
+// kStaged (the single pass for long rows, launch.h single_pass_shape):
+// 16-byte packs of dynamic shared memory per thread, two rounds.
 constexpr int kStagePacks = 2 * kUnroll;
 
-template <DType D, bool kWithGrad, bool kStaged = false, bool kFourBlocks = false>
-__global__ void __launch_bounds__(row_threshold_max_threads<D, kWithGrad, kFourBlocks>(),
-                                  row_threshold_min_blocks<D, kWithGrad, kFourBlocks>())
+template <DType D, bool kWithGrad, bool kStaged>
+__global__ void __launch_bounds__(row_threshold_max_threads<D, kWithGrad>(), row_threshold_min_blocks<D, kWithGrad>())
     forward_row_threshold_kernel(const ForwardParams p, const int k_eff, const RowSplit split,
                                  const int cache_packs) {
   using Ty = Types<D>;
@@ -511,6 +354,7 @@ __global__ void __launch_bounds__(row_threshold_max_threads<D, kWithGrad, kFourB
   constexpr int kN = Pack<S>::kN;
   constexpr int kRoundBits = kUnroll * kN;
   static_assert(kRoundBits <= 32, "one mask bit per column of a round");
+  static_assert(kWithGrad || !kStaged, "only the single pass is staged");
 
   __shared__ RowTopK<Acc> sh;
   __shared__ Acc warp_m[32];
@@ -600,8 +444,7 @@ __global__ void __launch_bounds__(row_threshold_max_threads<D, kWithGrad, kFourB
     // barriers no longer drain the loads in flight. Each thread copies and
     // later reads only its own slots, so its own wait suffices; a half is
     // rewritten only in the round after next, so the round reads its packs
-    // from there where it uses them instead of holding them in registers
-    // (which spilled under the 64-register cap of 4 blocks per SM).
+    // from there where it uses them instead of holding them in registers.
     auto start_round = [&](int r) {
       const int q = lo + r * kUnroll * T + threadIdx.x;
       Pack<S>* half = stage + (r & 1) * kUnroll * T + threadIdx.x;
@@ -844,17 +687,16 @@ __global__ void __launch_bounds__(32) merge_pieces_kernel(const ForwardParams p,
 // blocks per SM to what is resident at once (a block that waited for
 // another to finish all its rows would double the time). Staging is what
 // lets few rows in flight (so that their second read still hits L2) keep
-// enough loads in flight: run 3 measured 7.45 ms at 512 threads x 1 block
-// per SM without it, 5.10 ms at 256 x 3.
-template <DType D, bool kStaged, bool kFourBlocks>
-cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShape shape, int64_t packs,
-                               cudaStream_t stream) {
+// enough loads in flight (launch.h, single_pass_shape).
+template <DType D, bool kStaged>
+cudaError_t launch_kernel_single_pass(const ForwardParams& p, int k_eff, SinglePassShape shape, int64_t packs,
+                                      cudaStream_t stream) {
   using S = typename Types<D>::S;
-  const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true, kStaged, kFourBlocks>);
-  int device = 0, sms = 0;
-  cudaError_t err = current_device_sms(device, sms);
+  const void* kernel = reinterpret_cast<const void*>(&forward_row_threshold_kernel<D, true, kStaged>);
+  DeviceLimits dev{};
+  cudaError_t err = current_device_limits(dev);
   if (err != cudaSuccess) return err;
-  constexpr int kCap = row_threshold_max_threads<D, true, kFourBlocks>();
+  constexpr int kCap = row_threshold_max_threads<D, true>();
   const int threads = threads_for(shape.threads < kCap ? shape.threads : kCap, packs);
   const int64_t stage_bytes = kStaged ? int64_t(kStagePacks) * threads * static_cast<int64_t>(sizeof(Pack<S>)) : 0;
 
@@ -863,14 +705,9 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   if (err != cudaSuccess) return err;
   int64_t cache_packs = 0;
   if (shape.cache_bytes > 0) {
-    int optin = 0, per_sm = 0, reserved = 0;
-    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
-    if (err != cudaSuccess) return err;
     const int64_t fixed = static_cast<int64_t>(attrs.sharedSizeBytes) + stage_bytes;
-    int64_t room = optin - fixed;
-    const int64_t share = per_sm / shape.blocks_per_sm - fixed - reserved;
+    int64_t room = dev.smem_optin - fixed;
+    const int64_t share = dev.smem_per_sm / shape.blocks_per_sm - fixed - dev.smem_reserved;
     if (share < room) room = share;
     cache_packs = (shape.cache_bytes < room ? shape.cache_bytes : room) / static_cast<int64_t>(sizeof(Pack<S>));
     if (cache_packs > packs) cache_packs = packs;
@@ -878,8 +715,8 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   }
   const size_t dynamic_bytes = static_cast<size_t>(stage_bytes + cache_packs * int64_t(sizeof(Pack<S>)));
   // Without opting in, a block's static and dynamic shared memory together
-  // stay within 48 KB (run 4: float64's 256 threads of stages, its larger
-  // static arrays and a 5 KB cache came to 51 KB and failed to launch).
+  // must stay within 48 KB (float64's 256 threads of stages, its larger
+  // static arrays and a 5 KB cache come to 51 KB).
   if (static_cast<int64_t>(attrs.sharedSizeBytes) + static_cast<int64_t>(dynamic_bytes) > 48 * 1024) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_bytes));
     if (err != cudaSuccess) return err;
@@ -889,77 +726,36 @@ cudaError_t launch_single_pass(const ForwardParams& p, int k_eff, SinglePassShap
   if (err != cudaSuccess) return err;
   const int64_t per_sm_blocks = shape.blocks_per_sm < resident ? shape.blocks_per_sm : (resident > 0 ? resident : 1);
   const int64_t N = p.B * p.T;
-  const int64_t grid = static_cast<int64_t>(sms) * per_sm_blocks;
+  const int64_t grid = static_cast<int64_t>(dev.sms) * per_sm_blocks;
   CRINGE_LAUNCH(static_cast<unsigned>(N < grid ? N : grid), threads, dynamic_bytes, stream,
-                forward_row_threshold_kernel<D, true, kStaged, kFourBlocks>)(p, k_eff, RowSplit{},
-                                                                              static_cast<int>(cache_packs));
+                forward_row_threshold_kernel<D, true, kStaged>)(p, k_eff, RowSplit{}, static_cast<int>(cache_packs));
   return cudaGetLastError();
 }
 
 template <DType D>
-cudaError_t launch(const ForwardParams& p, int k_eff, ForwardGate gate, SinglePassShape shape, RowSplit split,
-                   cudaStream_t stream) {
-  using Acc = typename Types<D>::Acc;
+cudaError_t launch(const ForwardParams& p, int k_eff, SinglePassShape shape, RowSplit split, cudaStream_t stream) {
   using S = typename Types<D>::S;
   const int64_t N = p.B * p.T;
   const unsigned grid = static_cast<unsigned>(N < INT_MAX ? N : INT_MAX);
   const int64_t packs = (p.V + Pack<S>::kN - 1) / Pack<S>::kN;
   if (p.grad != nullptr) {
-    if (!shape.staged && gate != ForwardGate::kRowAsync) {
-      return launch_single_pass<D, false, false>(p, k_eff, shape, packs, stream);
-    }
-    // Staged, four or more blocks a SM of at most 256 threads: the kernel
-    // compiled for 64 registers, so that four are resident at once (the
-    // unstaged kernel spills there; float64 is not built for it).
-    if constexpr (!std::is_same<Acc, double>::value) {
-      if (shape.blocks_per_sm >= kPieceBlocksPerSm && shape.threads <= kMaxThreads) {
-        return launch_single_pass<D, true, true>(p, k_eff, shape, packs, stream);
-      }
-    }
-    return launch_single_pass<D, true, false>(p, k_eff, shape, packs, stream);
+    if (shape.staged) return launch_kernel_single_pass<D, true>(p, k_eff, shape, packs, stream);
+    return launch_kernel_single_pass<D, false>(p, k_eff, shape, packs, stream);
   }
-  // Split rows run the row-threshold kernel whatever the gate (staged for
-  // kRowAsync); the stages take kStagePacks packs per thread, 32 KB at 256
-  // threads, under the 48 KB a block has without opting in.
-  auto row_threshold = [&](unsigned blocks, int threads) {
-    if (gate == ForwardGate::kRowAsync) {
-      CRINGE_LAUNCH(blocks, threads, size_t(kStagePacks) * threads * sizeof(Pack<S>), stream,
-                    forward_row_threshold_kernel<D, false, true>)(p, k_eff, split, 0);
-    } else {
-      CRINGE_LAUNCH(blocks, threads, 0, stream, forward_row_threshold_kernel<D, false>)(p, k_eff, split, 0);
-    }
-  };
   if (split.pieces > 1) {
     const int64_t items = N * split.pieces;
-    row_threshold(static_cast<unsigned>(items < INT_MAX ? items : INT_MAX),
-                  threads_for(kMaxThreads, packs / split.pieces));
+    CRINGE_LAUNCH(static_cast<unsigned>(items < INT_MAX ? items : INT_MAX),
+                  threads_for(kMaxThreads, packs / split.pieces), 0, stream,
+                  forward_row_threshold_kernel<D, false, false>)(p, k_eff, split, 0);
     CRINGE_LAUNCH(grid, 32, 0, stream, merge_pieces_kernel<D>)(p, k_eff, split);
     return cudaGetLastError();
   }
-  if (gate == ForwardGate::kRow || gate == ForwardGate::kRowAsync) {
-    row_threshold(grid, threads_for(kMaxThreads, packs));
-    return cudaGetLastError();
-  }
-  const size_t per_thread = static_cast<size_t>(k_eff) * (sizeof(Acc) + sizeof(int));
-  int threads = kMaxThreads;
-  // Fewer threads for large k (their lists share kListBytes) or short rows.
-  while (threads > 32 && static_cast<size_t>(threads) * per_thread > kListBytes) threads /= 2;
-  threads = threads_for(threads, packs);
-  const size_t smem = threads * per_thread;
-  if constexpr (!std::is_same<Acc, double>::value) {
-    if (gate == ForwardGate::kWarp) {
-      CRINGE_LAUNCH(grid, threads, smem, stream, forward_kernel<D, ForwardGate::kWarp>)(p, k_eff);
-      return cudaGetLastError();
-    }
-  }
-  CRINGE_LAUNCH(grid, threads, smem, stream, forward_kernel<D, ForwardGate::kThread>)(p, k_eff);
+  CRINGE_LAUNCH(grid, threads_for(kMaxThreads, packs), 0, stream, forward_row_threshold_kernel<D, false, false>)(
+      p, k_eff, split, 0);
   return cudaGetLastError();
 }
 
-}  // namespace
-
-cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardGate gate, SinglePassShape shape,
-                           RowSplit split) {
+cudaError_t launch_checked(const ForwardParams& p, cudaStream_t stream, SinglePassShape shape, RowSplit split) {
   if (p.B < 0 || p.T < 0 || p.V < 2 || p.V > kMaxV || p.k < 0) return cudaErrorInvalidValue;
   if (split.pieces < 1 || split.pieces > kMaxPieces || (split.pieces > 1 && split.workspace == nullptr) ||
       (split.pieces > 1 && p.grad != nullptr)) {
@@ -975,12 +771,23 @@ cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, ForwardG
   if (p.B * p.T == 0) return cudaSuccess;
   const int k = static_cast<int>(k_eff);
   switch (p.dtype) {
-    case DType::kFloat32: return launch<DType::kFloat32>(p, k, gate, shape, split, stream);
-    case DType::kFloat64: return launch<DType::kFloat64>(p, k, gate, shape, split, stream);
-    case DType::kFloat16: return launch<DType::kFloat16>(p, k, gate, shape, split, stream);
-    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, gate, shape, split, stream);
+    case DType::kFloat32: return launch<DType::kFloat32>(p, k, shape, split, stream);
+    case DType::kFloat64: return launch<DType::kFloat64>(p, k, shape, split, stream);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, k, shape, split, stream);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, k, shape, split, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream, RowSplit split) {
+  return launch_checked(p, stream, single_pass_shape(p.V * dtype_bytes(p.dtype)), split);
+}
+
+cudaError_t launch_single_pass(const ForwardParams& p, cudaStream_t stream, SinglePassShape shape) {
+  if (p.grad == nullptr) return cudaErrorInvalidValue;
+  return launch_checked(p, stream, shape, RowSplit{});
 }
 
 }  // namespace cuda

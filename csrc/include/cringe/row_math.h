@@ -1,7 +1,7 @@
-// Per-row math shared by the CPU and CUDA kernels (SPEC.md section 1).
+// Per-row math shared by the CPU and CUDA kernels (docs/spec.md section 1).
 //
 // * online max / sum-exp with a NaN- and -inf-safe merge,
-// * the candidate order of SPEC.md (value descending, column ascending) and
+// * the candidate order of docs/spec.md (value descending, column ascending) and
 //   two streaming top-k containers built on it (a strided sorted list for
 //   small k on the GPU, a binary heap for any k on the CPU),
 // * the inverse-CDF draw over the ordered candidates.
