@@ -115,7 +115,7 @@ def _case(N: int, V: int, device: torch.device):
 def measure(backend: str, single_pass: bool, checks: bool, N: int, V: int, device: torch.device, reps: int,
             clock: _LaunchClock) -> dict:
     logits, target, feedback, uniform = _case(N, V, device)
-    opts = dict(k=5, backend=backend, uniform=uniform, grad_in_forward=single_pass)
+    opts = dict(k=5, backend=backend, uniform=uniform, single_pass=single_pass)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fwd, full, to_launch = [], [], []
     previous = ck.set_value_checks(checks)

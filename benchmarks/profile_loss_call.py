@@ -41,7 +41,7 @@ def _calls(backend: str, single_pass: bool, x, y, fb, n: int):
     from torch.profiler import ProfilerActivity, profile, record_function
 
     def call():
-        loss = ck.cringe_loss(x, y, fb, k=5, backend=backend, grad_in_forward=single_pass)
+        loss = ck.cringe_loss(x, y, fb, k=5, backend=backend, single_pass=single_pass)
         torch.autograd.grad(loss, x)
 
     for _ in range(3):  # compile (Triton), allocate, warm up

@@ -1,4 +1,4 @@
-"""The public losses: binary Cringe and Pairwise Cringe (SPEC.md sections 2, 3).
+"""The public losses: binary Cringe and Pairwise Cringe (docs/spec.md sections 2, 3).
 
 Each loss validates its inputs, gets the per-row statistics from a backend
 (the reference, or a kernel through :mod:`cringe_kernels.autograd`) and then
@@ -9,14 +9,14 @@ their backward right.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from . import autograd, backends, reference, validate
-from .backends.base import RowStats, stats_dtype
+from . import autograd, backends, validate
+from .backends.base import stats_dtype
+from .primitive import row_stats, row_view
 
 
 class CringeOutput(NamedTuple):
@@ -68,104 +68,69 @@ class PairwiseCringeOutput(NamedTuple):
     logp_rejected: torch.Tensor
 
 
-def _row_view(logits: torch.Tensor) -> torch.Tensor:
-    """``logits [..., V]`` as a ``[B, T, V]`` view with last stride 1.
+def _resolve_single_pass(requested, backend, logits: torch.Tensor, inplace_backward: bool) -> bool:
+    """Whether the forward writes the gradient (the single pass).
 
-    Two leading dims with free strides cover HF's ``logits[:, :-1]`` (rows
-    that cannot be flattened into one stride) without a copy; anything else
-    that cannot be viewed so is copied once.
+    ``None`` (auto) and ``True`` take it where the backend has a single-pass
+    kernel and autograd will ask for the logits' gradient; never otherwise,
+    so no ``[N, V]`` gradient is written under ``no_grad`` or for logits
+    that do not require it. It is the default because it reads the logits
+    once less and beat the two passes at every row length measured on an
+    H100 (docs/performance.md).
     """
-    V = logits.shape[-1]
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    lead = logits.shape[:-1]
-    splits = [0] + list(range(1, len(lead)))
-    for p in splits:
-        try:
-            return logits.view(math.prod(lead[:p]), math.prod(lead[p:]), V)
-        except RuntimeError:
-            continue
-    return logits.contiguous().view(1, -1, V)
+    if requested is False or inplace_backward or backend == backends.REFERENCE or not backend.single_pass:
+        return False
+    return logits.requires_grad and torch.is_grad_enabled()
 
 
-def _row_stats(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    uniform: Optional[torch.Tensor],
-    k: int,
-    ignore_index: int,
-    backend,
-    inplace_backward: bool,
-    lse_weight: Optional[torch.Tensor] = None,
-) -> RowStats:
-    """Flattened row statistics from the chosen backend (``lse_weight``: see :func:`_lse_weight`)."""
-    target = target.reshape(-1).long()
-    if uniform is not None:
-        uniform = uniform.reshape(-1).to(torch.float32).contiguous()
-    if backend == backends.REFERENCE:
-        return reference.row_stats(logits, target, uniform, k, ignore_index)
-    return autograd.row_stats(_row_view(logits), target.contiguous(), uniform, k, ignore_index, backend,
-                              inplace_backward, lse_weight)
+def _check_single_pass(single_pass, grad_scale, inplace_backward: bool) -> None:
+    if single_pass is not None:
+        validate.check_bool("single_pass", single_pass)
+    if single_pass and inplace_backward:
+        raise ValueError("single_pass=True and inplace_backward=True exclude each other: the single pass keeps the "
+                         "logits to complete the gradient exactly")
+    if isinstance(grad_scale, torch.Tensor):
+        if grad_scale.numel() != 1 or not grad_scale.is_floating_point():
+            raise ValueError(f"grad_scale must be a float or a floating scalar tensor, got shape "
+                             f"{tuple(grad_scale.shape)} and dtype {grad_scale.dtype}")
+    else:
+        validate.check_float("grad_scale", grad_scale)
 
 
-def _binary_masks(target: torch.Tensor, feedback: torch.Tensor, ignore_index: int, num_items_in_batch,
-                  reduction: str, dtype: torch.dtype):
-    """``valid`` and ``positive`` rows (``[N]`` bool: not ignored; and with
-    feedback 1) of :func:`cringe_loss`, and the ``"mean"`` denominator
-    (:func:`_mean_denominator`, from the count of ``valid``). The negative
-    rows are ``valid ^ positive``."""
-    valid = target.reshape(-1) != ignore_index
-    denominator = _mean_denominator(valid.sum(), num_items_in_batch, reduction, dtype)
-    return valid, valid & _as_dtype(feedback.reshape(-1), torch.bool), denominator
-
-
-def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)`` without the dispatch when it is already so (host time)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def _lse_weight(rows: torch.Tensor, denominator: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """``d loss / d lse`` per row for an upstream gradient of 1.
-
-    Only cross-entropy involves ``lse``, on ``rows`` (bool, ``[N]``), with the
-    weight of the reduction: ``1 / denominator`` for ``"mean"`` (None
-    otherwise), by the same division the loss's gradient makes
-    (:func:`_reduce`), so that autograd's ``grad_lse`` equals it bit for bit
-    and the single-pass backward only touches two columns a row. Two or
-    three small ops: they run before the kernel's launch, host time the
-    device waits for.
-    """
-    weight = rows.to(dtype)
-    return weight if denominator is None else weight.div_(_as_dtype(denominator, dtype))
-
-
-def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -> torch.Tensor:
-    if uniform is None:
-        return torch.rand(target.shape, generator=generator, device=device)
-    validate.check_uniform(uniform, target, target_name)
-    return uniform
-
-
-def _mean_denominator(count: torch.Tensor, num_items_in_batch, reduction: str,
-                      dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """What ``"mean"`` divides by (None for the other reductions):
-    ``num_items_in_batch`` if given, else the non-ignored row count, never 0.
-    Made once a call and shared by every reduction and weight of it."""
+def _inv_denominator(valid: tuple, num_items_in_batch, reduction: str, dtype: torch.dtype):
+    """``1 / denominator`` of ``"mean"`` (None for the other reductions):
+    ``num_items_in_batch`` if given, else the count of rows that the masks in
+    ``valid`` mark, never 0. A Python number stays one (no host-to-device
+    copy)."""
     if reduction != "mean":
         return None
-    if num_items_in_batch is not None:
-        return torch.as_tensor(num_items_in_batch, device=count.device).to(dtype)
-    return count.clamp(min=1).to(dtype)
+    if num_items_in_batch is None:
+        count = valid[0].sum(dtype=dtype)
+        for mask in valid[1:]:
+            count = count + mask.sum(dtype=dtype)
+        return count.clamp_(min=1).reciprocal_()
+    if isinstance(num_items_in_batch, torch.Tensor):
+        return num_items_in_batch.to(dtype).reciprocal()
+    return 1.0 / num_items_in_batch
 
 
-def _reduce(values: torch.Tensor, denominator: Optional[torch.Tensor], reduction: str, shape) -> torch.Tensor:
-    """SPEC.md reductions; ``denominator`` from :func:`_mean_denominator`."""
+def _reduce(values: torch.Tensor, inv_denominator, reduction: str, shape) -> torch.Tensor:
+    """docs/spec.md reductions; ``inv_denominator`` from :func:`_inv_denominator`.
+    ``"mean"`` multiplies by it, as the fused losses' backward does, so the
+    single pass's guess of ``d loss / d lse`` holds bit for bit."""
     if reduction == "none":
         return values.reshape(shape)
     total = values.sum()
-    if reduction == "sum":
-        return total
-    return total / _as_dtype(denominator, total.dtype)
+    return total if inv_denominator is None else total * inv_denominator
+
+
+def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -> torch.Tensor:
+    """The ``[N]`` float32 draws: ``uniform`` (checked) or fresh ones."""
+    if uniform is None:
+        return torch.rand(target.numel(), generator=generator, device=device)
+    validate.check_uniform(uniform, target, target_name)
+    uniform = uniform.reshape(-1)
+    return (uniform if uniform.dtype == torch.float32 else uniform.float()).contiguous()
 
 
 def cringe_loss(
@@ -185,9 +150,10 @@ def cringe_loss(
     backend: str = "auto",
     return_details: bool = False,
     inplace_backward: bool = False,
-    grad_in_forward: bool = False,
+    single_pass: Optional[bool] = None,
+    grad_scale: Union[float, torch.Tensor] = 1.0,
 ) -> Union[torch.Tensor, CringeOutput]:
-    """Binary Cringe loss (SPEC.md section 2).
+    """Binary Cringe loss (docs/spec.md section 2).
 
     Positive rows get cross-entropy; negative rows get
     ``alpha * softplus(x_target - x_sampled)``, where ``x_sampled`` is drawn from
@@ -223,19 +189,24 @@ def cringe_loss(
         samples on every backend.
     backend : {"auto", "reference", "triton", "cuda", "cpu"}
     return_details : bool
-        Return a :class:`CringeOutput` instead of the loss.
+        Return a :class:`CringeOutput` (every part differentiable) instead
+        of the loss.
     inplace_backward : bool
         Kernel backends write the gradient over ``logits`` (no ``[N, V]``
         allocation); the caller must not use the logits after backward.
-    grad_in_forward : bool
-        Single pass: the kernel backends write the logits' gradient during
-        the forward (one read and one write of the logits in all, instead of
-        two reads and one write), for an upstream gradient of 1 on the loss
-        (``loss.backward()``; ones for ``reduction="none"``); the backward
-        then only adds two columns per row. Exact for any upstream gradient:
-        rows whose gradient differs are rewritten in full (two-pass cost).
-        The ``[N, V]`` gradient is allocated in the forward; the reference
-        ignores the flag. Not with ``inplace_backward``.
+        Logits whose elements overlap (an ``expand``) are rejected.
+    single_pass : bool, optional
+        Write the logits' gradient during the forward (one read and one
+        write of the logits in all instead of two reads and one write); the
+        backward then adds two columns a row. None (default): wherever the
+        backend has a single-pass kernel and a gradient will be needed.
+        Exact for any upstream gradient; rows whose upstream gradient is not
+        ``grad_scale`` are rewritten in full, at more than the two passes'
+        cost (warned once). Not with ``inplace_backward``.
+    grad_scale : float or scalar Tensor
+        The gradient that will reach this loss from above: 1 for
+        ``loss.backward()``; a trainer that scales the loss (``1 /
+        accumulation steps``, a loss scale) passes that factor.
 
     Returns
     -------
@@ -246,46 +217,52 @@ def cringe_loss(
     validate.check_target("target", target, "logits", logits)
     validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
     for name, flag in (("detach_positives", detach_positives), ("ct_on_positives", ct_on_positives),
-                       ("return_details", return_details), ("inplace_backward", inplace_backward),
-                       ("grad_in_forward", grad_in_forward)):
+                       ("return_details", return_details), ("inplace_backward", inplace_backward)):
         validate.check_bool(name, flag)
-    if grad_in_forward and inplace_backward:
-        raise ValueError("grad_in_forward and inplace_backward cannot both be True: the single pass keeps the "
-                         "logits to complete the gradient exactly")
+    _check_single_pass(single_pass, grad_scale, inplace_backward)
     validate.check_generator(generator, logits.device)
     validate.check_num_items(num_items_in_batch, logits.device)
-    feedback = validate.check_feedback(feedback, target)
-    uniform = _draws(uniform, target, "target", generator, logits.device)
-    pending = validate.start_value_checks([("target", target, V)], ignore_index, feedback=feedback, uniform=uniform)
     chosen_backend = backends.resolve(backend, logits, k)
+    if inplace_backward:
+        validate.check_no_overlap("logits", logits)
 
-    # Only the single pass needs the row masks before the kernel; otherwise
-    # they are built while it runs, off the path to its launch.
-    single_pass = grad_in_forward and chosen_backend != backends.REFERENCE
+    feedback = validate.check_feedback(feedback, target)
+    uniform_rows = _draws(uniform, target, "target", generator, logits.device)
+    target_rows = target.reshape(-1)
+    valid = target_rows != ignore_index
+    validate.check_values([("target", target_rows, V, valid)], ignore_index,
+                          feedback=feedback,
+                          uniform=None if uniform is None else uniform_rows)
+    positive = valid & (feedback.reshape(-1) if feedback.dtype == torch.bool else feedback.reshape(-1).bool())
+    dtype = stats_dtype(logits.dtype)
+    inv_denominator = _inv_denominator((valid,), num_items_in_batch, reduction, dtype)
+    use_single_pass = _resolve_single_pass(single_pass, chosen_backend, logits, inplace_backward)
+
+    if not return_details and chosen_backend != backends.REFERENCE:
+        opts = autograd.LossOptions(k, ignore_index, float(alpha), reduction, chosen_backend, inplace_backward,
+                                    use_single_pass, grad_scale)
+        if target_rows.dtype != torch.int64:
+            target_rows = target_rows.long()
+        loss = autograd.BinaryCringeFunction.apply(row_view(logits), target_rows.contiguous(), uniform_rows, valid,
+                                                   positive, inv_denominator, opts, detach_positives,
+                                                   ct_on_positives)
+        return loss.reshape(target.shape) if reduction == "none" else loss
+
     lse_weight = None
-    masks = (target, feedback, ignore_index, num_items_in_batch, reduction, stats_dtype(logits.dtype))
-    if single_pass:
-        valid, positive, denominator = _binary_masks(*masks)
-        lse_weight = _lse_weight(positive, denominator, stats_dtype(logits.dtype))
-    stats = _row_stats(logits, target, uniform, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
-    if not single_pass:
-        valid, positive, denominator = _binary_masks(*masks)
+    if use_single_pass:
+        lse_weight = positive.to(dtype) * autograd.row_weight(grad_scale, inv_denominator, valid.to(dtype))
+    stats = row_stats(logits, target, uniform_rows, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
         sampled_logit = sampled_logit.detach()
-
     negative = valid ^ positive
     ce_rows = torch.where(positive, lse - t, 0.0)
     cr_rows = torch.where(negative, F.softplus(t - sampled_logit), 0.0)
     if ct_on_positives:
         cr_rows = cr_rows + torch.where(positive, F.softplus(sampled_logit - t), 0.0)
-
-    ce = _reduce(ce_rows, denominator, reduction, target.shape)
-    cr = _reduce(cr_rows, denominator, reduction, target.shape)
-    loss = ce + (cr if alpha == 1 else alpha * cr)  # a host op less each way for the default
-    # The outcome of the value checks, now that the kernels are queued behind
-    # them (every backend is memory-safe on any value).
-    pending.wait()
+    ce = _reduce(ce_rows, inv_denominator, reduction, target.shape)
+    cr = _reduce(cr_rows, inv_denominator, reduction, target.shape)
+    loss = ce + (cr if alpha == 1 else alpha * cr)
     if not return_details:
         return loss
     sampled = valid if ct_on_positives else negative
@@ -314,9 +291,10 @@ def pairwise_cringe_loss(
     backend: str = "auto",
     return_details: bool = False,
     inplace_backward: bool = False,
-    grad_in_forward: bool = False,
+    single_pass: Optional[bool] = None,
+    grad_scale: Union[float, torch.Tensor] = 1.0,
 ) -> Union[torch.Tensor, PairwiseCringeOutput]:
-    """Pairwise Cringe loss (SPEC.md section 3).
+    """Pairwise Cringe loss (docs/spec.md section 3).
 
     ``L_b = CE_w[b] + alpha * g_b * CR_l[b]`` with the gate
     ``g_b = sigmoid((margin - (LP_w[b] - LP_l[b])) / temperature)``: the
@@ -330,13 +308,12 @@ def pairwise_cringe_loss(
     rejected_logits : Tensor, ``[B, Tl, V]``, floating
     rejected_target : Tensor, ``[B, Tl]``, integer
     k, alpha, ignore_index, num_items_in_batch, generator, backend,
-    return_details, inplace_backward
+    return_details, inplace_backward, grad_scale
         As in :func:`cringe_loss`; only rejected rows are sampled and
         ``uniform`` has the rejected targets' shape.
-    grad_in_forward : bool
-        The single pass, as in :func:`cringe_loss`. Needs ``gate_grad=False``:
-        only then is ``d loss / d lse`` known before the statistics (the
-        reduction weight on chosen rows, 0 on rejected ones).
+    single_pass : bool, optional
+        As in :func:`cringe_loss`; never with ``gate_grad=True`` (through the
+        gate, ``d loss / d lse`` depends on every row's statistics).
     margin : float
         Log-likelihood gap beyond which the gate closes.
     temperature : float
@@ -369,38 +346,56 @@ def pairwise_cringe_loss(
     validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
                                    margin=margin, temperature=temperature)
     for name, flag in (("gate_grad", gate_grad), ("length_normalize", length_normalize),
-                       ("return_details", return_details), ("inplace_backward", inplace_backward),
-                       ("grad_in_forward", grad_in_forward)):
+                       ("return_details", return_details), ("inplace_backward", inplace_backward)):
         validate.check_bool(name, flag)
-    if grad_in_forward and (inplace_backward or gate_grad):
-        raise ValueError("grad_in_forward cannot be combined with " + ("inplace_backward" if inplace_backward else
-                         "gate_grad: through the gate, d loss / d lse depends on the statistics themselves"))
+    _check_single_pass(single_pass, grad_scale, inplace_backward)
+    if single_pass and gate_grad:
+        raise ValueError("single_pass=True cannot be combined with gate_grad=True: through the gate, d loss / d lse "
+                         "depends on the statistics themselves")
     device = chosen_logits.device
     validate.check_generator(generator, device)
     validate.check_num_items(num_items_in_batch, device)
-    uniform = _draws(uniform, rejected_target, "rejected_target", generator, device)
-    pending = validate.start_value_checks(
-        [("chosen_target", chosen_target, V), ("rejected_target", rejected_target, V)], ignore_index, uniform=uniform)
     chosen_backend = backends.resolve(backend, chosen_logits, k)
+    if inplace_backward:
+        validate.check_no_overlap("chosen_logits", chosen_logits)
+        validate.check_no_overlap("rejected_logits", rejected_logits)
+    uniform_rows = _draws(uniform, rejected_target, "rejected_target", generator, device)
 
     B = chosen_logits.shape[0]
     valid_w = (chosen_target != ignore_index).reshape(B, -1)
     valid_l = (rejected_target != ignore_index).reshape(B, -1)
-    count = valid_w.sum() + valid_l.sum()
+    validate.check_values([("chosen_target", chosen_target.reshape(-1), V, valid_w.reshape(-1)),
+                           ("rejected_target", rejected_target.reshape(-1), V, valid_l.reshape(-1))],
+                          ignore_index, uniform=None if uniform is None else uniform_rows)
     # In the wider of the two statistics' dtypes: converted to either, it is
-    # the value a division in that dtype would use.
-    denominator = _mean_denominator(count, num_items_in_batch, reduction,
-                                    torch.promote_types(stats_dtype(chosen_logits.dtype),
-                                                        stats_dtype(rejected_logits.dtype)))
+    # the value a multiplication in that dtype would use.
+    dtype = torch.promote_types(stats_dtype(chosen_logits.dtype), stats_dtype(rejected_logits.dtype))
+    inv_denominator = _inv_denominator((valid_w, valid_l), num_items_in_batch, reduction, dtype)
+    use_single_pass = not gate_grad and _resolve_single_pass(
+        single_pass, chosen_backend, chosen_logits if chosen_logits.requires_grad else rejected_logits,
+        inplace_backward)
+
+    if not return_details and chosen_backend != backends.REFERENCE:
+        opts = autograd.LossOptions(k, ignore_index, float(alpha), reduction, chosen_backend, inplace_backward,
+                                    use_single_pass, grad_scale)
+        targets = [t.reshape(-1) if t.dtype == torch.int64 else t.reshape(-1).long()
+                   for t in (chosen_target, rejected_target)]
+        loss, *_ = autograd.PairwiseCringeFunction.apply(
+            row_view(chosen_logits), targets[0].contiguous(), row_view(rejected_logits), targets[1].contiguous(),
+            uniform_rows, valid_w, valid_l, inv_denominator, opts, float(margin), float(temperature), gate_grad,
+            length_normalize)
+        return loss
+
     weight_w = weight_l = None
-    if grad_in_forward and chosen_backend != backends.REFERENCE:
+    if use_single_pass:
         # With the gate constant, lse enters only the chosen rows' CE.
-        weight_w = _lse_weight(valid_w.reshape(-1), denominator, stats_dtype(chosen_logits.dtype))
+        valid_f = valid_w.reshape(-1).to(stats_dtype(chosen_logits.dtype))
+        weight_w = valid_f * autograd.row_weight(grad_scale, inv_denominator, valid_f)
         weight_l = torch.zeros(valid_l.numel(), dtype=stats_dtype(rejected_logits.dtype), device=device)
     # Chosen rows need no sample (k=0 skips the top-k in the kernels).
-    win = _row_stats(chosen_logits, chosen_target, None, 0, ignore_index, chosen_backend, inplace_backward, weight_w)
-    lose = _row_stats(rejected_logits, rejected_target, uniform, k, ignore_index, chosen_backend, inplace_backward,
-                      weight_l)
+    win = row_stats(chosen_logits, chosen_target, None, 0, ignore_index, chosen_backend, inplace_backward, weight_w)
+    lose = row_stats(rejected_logits, rejected_target, uniform_rows, k, ignore_index, chosen_backend,
+                     inplace_backward, weight_l)
 
     # Ignored rows hold lse = t = 0, so their log-probability is already 0.
     logp_w = (win.target_logit - win.lse).reshape(B, -1).sum(dim=1)
@@ -417,10 +412,9 @@ def pairwise_cringe_loss(
     contrast = F.softplus(lose.target_logit - lose.sample_logit).reshape(B, -1)
     cr_b = gate * torch.where(valid_l, contrast, 0.0).sum(dim=1)
 
-    ce = _reduce(ce_b, denominator, reduction, (B,))
-    cr = _reduce(cr_b, denominator, reduction, (B,))
-    loss = ce + (cr if alpha == 1 else alpha * cr)  # a host op less each way for the default
-    pending.wait()
+    ce = _reduce(ce_b, inv_denominator, reduction, (B,))
+    cr = _reduce(cr_b, inv_denominator, reduction, (B,))
+    loss = ce + (cr if alpha == 1 else alpha * cr)
     if not return_details:
         return loss
     sample_index = lose.sample_index.reshape(rejected_target.shape)
@@ -431,22 +425,22 @@ class CringeLoss(torch.nn.Module):
     """``torch.nn.Module`` form of :func:`cringe_loss`; holds the hyperparameters.
 
     ``forward(logits, target, feedback, *, num_items_in_batch=None,
-    generator=None, uniform=None, return_details=False)``.
+    generator=None, uniform=None, return_details=False, grad_scale=1.0)``.
     """
 
     def __init__(self, *, k: int = 5, alpha: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
                  detach_positives: bool = False, ct_on_positives: bool = False, backend: str = "auto",
-                 inplace_backward: bool = False, grad_in_forward: bool = False):
+                 inplace_backward: bool = False, single_pass: Optional[bool] = None):
         super().__init__()
         validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
         self.options = dict(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
                             detach_positives=detach_positives, ct_on_positives=ct_on_positives,
-                            backend=backend, inplace_backward=inplace_backward, grad_in_forward=grad_in_forward)
+                            backend=backend, inplace_backward=inplace_backward, single_pass=single_pass)
 
     def forward(self, logits, target, feedback, *, num_items_in_batch=None, generator=None, uniform=None,
-                return_details: bool = False):
+                return_details: bool = False, grad_scale=1.0):
         return cringe_loss(logits, target, feedback, num_items_in_batch=num_items_in_batch, generator=generator,
-                           uniform=uniform, return_details=return_details, **self.options)
+                           uniform=uniform, return_details=return_details, grad_scale=grad_scale, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -457,25 +451,25 @@ class PairwiseCringeLoss(torch.nn.Module):
 
     ``forward(chosen_logits, chosen_target, rejected_logits, rejected_target,
     *, num_items_in_batch=None, generator=None, uniform=None,
-    return_details=False)``.
+    return_details=False, grad_scale=1.0)``.
     """
 
     def __init__(self, *, k: int = 5, alpha: float = 1.0, margin: float = 0.0, temperature: float = 1.0,
                  gate_grad: bool = False, length_normalize: bool = False, ignore_index: int = -100,
                  reduction: str = "mean", backend: str = "auto", inplace_backward: bool = False,
-                 grad_in_forward: bool = False):
+                 single_pass: Optional[bool] = None):
         super().__init__()
         validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
                                        margin=margin, temperature=temperature)
         self.options = dict(k=k, alpha=alpha, margin=margin, temperature=temperature, gate_grad=gate_grad,
                             length_normalize=length_normalize, ignore_index=ignore_index, reduction=reduction,
-                            backend=backend, inplace_backward=inplace_backward, grad_in_forward=grad_in_forward)
+                            backend=backend, inplace_backward=inplace_backward, single_pass=single_pass)
 
     def forward(self, chosen_logits, chosen_target, rejected_logits, rejected_target, *, num_items_in_batch=None,
-                generator=None, uniform=None, return_details: bool = False):
+                generator=None, uniform=None, return_details: bool = False, grad_scale=1.0):
         return pairwise_cringe_loss(chosen_logits, chosen_target, rejected_logits, rejected_target,
                                     num_items_in_batch=num_items_in_batch, generator=generator, uniform=uniform,
-                                    return_details=return_details, **self.options)
+                                    return_details=return_details, grad_scale=grad_scale, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -1,15 +1,17 @@
-"""Every input check of SPEC.md section 4, in one place, for every backend.
+"""Every input check of docs/spec.md section 4, in one place, for every backend.
 
 Shape, dtype, device and hyperparameter checks read only metadata and run
 before any kernel. Checks of tensor *values* (targets in range, feedback in
-{0, 1}, uniforms in [0, 1)) are small reductions enqueued before the kernels
-(:func:`start_value_checks`); the losses wait for their outcome after the
-kernels are launched, so the one host wait per call never leaves the GPU
-idle, and raise before returning. They are skipped while ``torch.compile``
-traces (a wait would break the graph) and can be switched off with
-:func:`set_value_checks`. Kernels stay memory-safe either way: an
-out-of-range target gives NaN and any uniform a valid draw, never an
-out-of-bounds access (the reference backend included).
+{0, 1}, uniforms in [0, 1)) are a few small reductions
+(:func:`check_values`). The default path never makes the host wait for the
+device: on CPU tensors a bad value raises the ``ValueError`` at once (the
+values are on the host); on a GPU the check is a device-side assertion
+(``torch._assert_async``), enqueued before the kernels, that stops the
+process's CUDA work with a message naming the argument before an optimizer
+step can use the gradient, as PyTorch's own losses do. ``"strict"`` raises
+the ``ValueError`` on a GPU too, at the cost of one wait; ``"off"`` skips
+the checks. Kernels stay memory-safe either way: an out-of-range target
+gives NaN and any uniform a valid draw, never an out-of-bounds access.
 """
 
 from __future__ import annotations
@@ -17,38 +19,55 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
 REDUCTIONS = ("none", "sum", "mean")
+VALUE_CHECK_MODES = ("on", "strict", "off")
 
-_value_checks = os.environ.get("CRINGE_KERNELS_VALUE_CHECKS", "1") != "0"
+
+def _value_check_mode(setting: Union[bool, str]) -> str:
+    if setting is True or setting is False:
+        return "on" if setting else "off"
+    if setting not in VALUE_CHECK_MODES:
+        raise ValueError(f"value checks must be True, False or one of {', '.join(map(repr, VALUE_CHECK_MODES))}; "
+                         f"got {setting!r}")
+    return setting
 
 
-def set_value_checks(enabled: bool) -> bool:
-    """Turn the value checks (one host wait per loss call) on or off.
+# Read once, at import: no environment read on the loss path.
+_value_checks = _value_check_mode({"0": "off", "1": "on"}.get(
+    os.environ.get("CRINGE_KERNELS_VALUE_CHECKS", "on"), os.environ.get("CRINGE_KERNELS_VALUE_CHECKS", "on")))
+
+
+def set_value_checks(mode: Union[bool, str]) -> str:
+    """Choose how the value checks run.
 
     Parameters
     ----------
-    enabled : bool
-        New setting. The environment variable ``CRINGE_KERNELS_VALUE_CHECKS=0``
-        sets the initial value to off.
+    mode : {"on", "strict", "off"} or bool
+        ``"on"`` (default, or True): a ``ValueError`` on CPU tensors and a
+        device-side assertion on a GPU, with no host wait; ``"strict"``: a
+        ``ValueError`` on every device (one host wait per loss call on a
+        GPU); ``"off"`` (or False): no value checks. The environment
+        variable ``CRINGE_KERNELS_VALUE_CHECKS`` (``on``/``strict``/``off``,
+        or ``1``/``0``) sets the initial mode when the package is imported.
 
     Returns
     -------
-    bool
-        The previous setting.
+    str
+        The previous mode.
     """
     global _value_checks
-    previous, _value_checks = _value_checks, bool(enabled)
+    previous, _value_checks = _value_checks, _value_check_mode(mode)
     return previous
 
 
 @contextlib.contextmanager
-def value_checks(enabled: bool):
+def value_checks(mode: Union[bool, str]):
     """Context manager form of :func:`set_value_checks`."""
-    previous = set_value_checks(enabled)
+    previous = set_value_checks(mode)
     try:
         yield
     finally:
@@ -137,12 +156,21 @@ def check_device(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tens
 
 
 def check_feedback(feedback, target: torch.Tensor) -> torch.Tensor:
-    """Broadcast ``feedback`` to the target's shape; returns a bool tensor."""
+    """``feedback`` broadcast to the target's shape, as a tensor on its device.
+
+    A Python bool or 0/1 is checked on the host and becomes a filled tensor
+    (no host-to-device copy); a tensor's values are checked by
+    :func:`check_values`.
+    """
     if not isinstance(feedback, torch.Tensor):
-        if isinstance(feedback, numbers.Number) or (
-            isinstance(feedback, (list, tuple)) and all(isinstance(v, numbers.Number) for v in feedback)
-        ):
-            feedback = torch.as_tensor(feedback, device=target.device)
+        if isinstance(feedback, numbers.Number) and not isinstance(feedback, complex):
+            if feedback not in (0, 1):
+                raise ValueError(f"feedback must be 0/False (negative) or 1/True (positive), got {feedback!r}")
+            return torch.full(target.shape, bool(feedback), device=target.device)
+        if isinstance(feedback, (list, tuple)) and all(isinstance(v, numbers.Number) for v in feedback):
+            feedback = torch.as_tensor(feedback)
+            if target.device.type == "cuda":
+                feedback = feedback.pin_memory().to(target.device, non_blocking=True)
         else:
             raise TypeError(f"feedback must be a tensor, a bool or 0/1, got {_describe(feedback)}")
     check_device("feedback", feedback, "target", target)
@@ -154,6 +182,13 @@ def check_feedback(feedback, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"feedback of shape {tuple(feedback.shape)} does not broadcast to the target's shape {tuple(target.shape)}"
         ) from None
+
+
+def check_no_overlap(name: str, tensor: torch.Tensor) -> None:
+    """No two elements of ``tensor`` share memory (an in-place write would race)."""
+    if torch._debug_has_internal_overlap(tensor) == 1:
+        raise ValueError(f"{name} has elements that share memory (an expand or a stride-0 view); "
+                         "inplace_backward=True cannot write its gradient there: pass a contiguous tensor")
 
 
 def check_uniform(uniform, target: torch.Tensor, target_name: str) -> None:
@@ -188,106 +223,83 @@ def check_num_items(num_items_in_batch, device: torch.device) -> None:
         raise ValueError(f"num_items_in_batch must be > 0, got {num_items_in_batch}")
 
 
-class PendingValueChecks:
-    """Value checks that have been enqueued on the inputs' device.
-
-    :meth:`wait` blocks the host until the checks' small reductions have run
-    and raises the first failure. On CUDA the flags come back through a
-    non-blocking copy into pinned memory and an event, so a caller that
-    launches its kernels before waiting never leaves the GPU idle for them:
-    the wait only holds the host back until the device reaches the checks,
-    while the work queued after them keeps the device busy.
-
-    Parameters
-    ----------
-    checks : list of ``(name, bad_mask, source, rule)``
-        Per checked argument: the device mask of its bad entries, the
-        argument itself (to quote a bad value) and the rule it broke.
-    flags : Tensor, ``[len(checks)]`` bool
-        Whether each mask has a bad entry (host memory once ``event`` is done).
-    event : torch.cuda.Event, optional
-    """
-
-    __slots__ = ("_checks", "_flags", "_event")
-
-    def __init__(self, checks=(), flags=None, event=None):
-        self._checks = list(checks)
-        self._flags = flags
-        self._event = event
-
-    def wait(self) -> None:
-        """Raise ``ValueError`` naming the first bad argument, if there is one.
-
-        A second call does nothing (the outcome is settled by the first).
-        """
-        if not self._checks:
-            return
-        if self._event is not None:
-            self._event.synchronize()
-        checks, self._checks = self._checks, []
-        for (name, mask, source, rule), is_bad in zip(checks, self._flags.tolist()):
-            if not is_bad:
-                continue
-            # The error path only: these syncs cost nothing on good input.
-            where = mask.nonzero()[0].tolist()
-            value = source[tuple(where)].item()
-            raise ValueError(f"{name} {rule}; found {value} at index {tuple(where)}")
+def _first_bad(name: str, bad: torch.Tensor, source: torch.Tensor, rule: str) -> ValueError:
+    """The error naming ``name`` and its first bad entry (the error path only)."""
+    where = bad.nonzero()[0].tolist()
+    return ValueError(f"{name} {rule}; found {source[tuple(where)].item()} at index {tuple(where)}")
 
 
-_NOTHING_PENDING = PendingValueChecks()
-
-
-def start_value_checks(
+def check_values(
     targets: Sequence[tuple],
     ignore_index: int,
     feedback: Optional[torch.Tensor] = None,
     uniform: Optional[torch.Tensor] = None,
-) -> PendingValueChecks:
-    """Enqueue the value checks; :meth:`PendingValueChecks.wait` raises.
+) -> None:
+    """The value checks of docs/spec.md section 4, in the current mode.
 
-    Nothing is enqueued while the checks are off, while ``torch.compile``
-    traces (a host wait would break the graph) or while a CUDA graph is
-    captured (a wait is not allowed then).
+    Each argument costs one reduction (``aminmax``); a failure then finds
+    the first bad entry for the message. While ``torch.compile`` traces, the
+    checks become device-side assertions on every device (a host read would
+    break the graph); while a CUDA graph is captured they are assertions too.
 
     Parameters
     ----------
-    targets : sequence of ``(name, target, V)``
-        Each ``target`` must hold columns in ``[0, V)`` or ``ignore_index``.
+    targets : sequence of ``(name, target, V, valid)``
+        Each ``target`` must hold columns in ``[0, V)`` or ``ignore_index``;
+        ``valid`` is the ``target != ignore_index`` mask the loss builds
+        anyway (or None).
     ignore_index : int
-    feedback : bool/int/float tensor, optional
+    feedback : tensor, optional
         Must hold 0 or 1 (a bool tensor is not checked).
     uniform : floating tensor, optional
         Must lie in ``[0, 1)``.
 
-    Returns
-    -------
-    PendingValueChecks
+    Raises
+    ------
+    ValueError
+        Naming the first bad argument and value (CPU tensors; any device in
+        ``"strict"`` mode).
+    RuntimeError
+        A device-side assertion, naming the argument, on a GPU in ``"on"`` mode.
     """
-    if not _value_checks or torch.compiler.is_compiling():
-        return _NOTHING_PENDING
-    # Nothing may wait for the device while a CUDA graph is being captured;
-    # the captured kernels are memory-safe on any value.
-    if targets and targets[0][1].is_cuda and torch.cuda.is_current_stream_capturing():
-        return _NOTHING_PENDING
-    checks = []
-    for name, target, V in targets:
+    mode = _value_checks
+    if mode == "off":
+        return
+    checks = []  # (name, min, max, low, high_exclusive, the argument, its bad-entry mask maker, rule)
+    for name, target, V, valid in targets:
         if target.numel():
-            checks.append((name, ~(((target >= 0) & (target < V)) | (target == ignore_index)), target,
+            clean = target if valid is None else target * valid  # ignored rows read as column 0
+            lo, hi = torch.aminmax(clean)
+            checks.append((name, lo, hi, 0, V, target,
+                           lambda t=target, V=V: ~(((t >= 0) & (t < V)) | (t == ignore_index)),
                            f"must lie in [0, {V}) or equal ignore_index={ignore_index}"))
     if feedback is not None and feedback.dtype != torch.bool and feedback.numel():
-        checks.append(("feedback", (feedback != 0) & (feedback != 1), feedback,
+        bad_feedback = lambda f=feedback: (f != 0) & (f != 1)  # noqa: E731
+        if feedback.is_floating_point():  # 0.5 lies between the bounds: test each value
+            lo, hi = torch.aminmax(bad_feedback().to(torch.uint8))
+            bounds = (0, 1)
+        else:
+            lo, hi = torch.aminmax(feedback)
+            bounds = (0, 2)
+        checks.append(("feedback", lo, hi, *bounds, feedback, bad_feedback,
                        "must be 0/False (negative) or 1/True (positive)"))
     if uniform is not None and uniform.numel():
-        checks.append(("uniform", ~((uniform >= 0) & (uniform < 1)), uniform, "must lie in [0, 1)"))
+        lo, hi = torch.aminmax(uniform)
+        checks.append(("uniform", lo, hi, 0.0, 1.0, uniform, lambda u=uniform: ~((u >= 0) & (u < 1)),
+                       "must lie in [0, 1)"))
     if not checks:
-        return _NOTHING_PENDING
-    flags = torch.stack([mask.any() for _, mask, _, _ in checks])
-    event = None
-    if flags.device.type == "cuda":
-        host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
-        host.copy_(flags, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(flags.device))
-        flags = host
-    return PendingValueChecks(checks, flags, event)
-
+        return
+    device = checks[0][5].device
+    on_host = device.type == "cpu" or mode == "strict"
+    if torch.compiler.is_compiling() or (not on_host) or (device.type == "cuda"
+                                                         and torch.cuda.is_current_stream_capturing()):
+        for name, lo, hi, low, high, _, _, rule in checks:
+            torch._assert_async((lo >= low) & (hi < high), f"{name} {rule}")
+        return
+    if device.type == "cpu":
+        bounds = [(lo.item(), hi.item()) for _, lo, hi, *_ in checks]
+    else:  # strict mode on a GPU: one read of all the bounds, the one wait
+        bounds = torch.stack([torch.stack([lo.double(), hi.double()]) for _, lo, hi, *_ in checks]).tolist()
+    for (name, _, _, low, high, source, bad_mask, rule), (lo, hi) in zip(checks, bounds):
+        if not (lo >= low and hi < high):
+            raise _first_bad(name, bad_mask(), source, rule)

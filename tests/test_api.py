@@ -128,6 +128,7 @@ def test_auto_passes_over_a_backend_whose_kernels_stop_short_of_k(monkeypatch):
     from cringe_kernels import backends
 
     monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("cpu", "torch"))
+    monkeypatch.setattr(backends, "_resolved", {})  # resolutions are cached per key
     cpu_type = type(backends.resolve("cpu", torch.zeros(1, 2)))
     torch_type = type(backends.resolve("torch", torch.zeros(1, 2)))
     monkeypatch.setattr(cpu_type, "kernel_max_k", 4)
@@ -137,6 +138,7 @@ def test_auto_passes_over_a_backend_whose_kernels_stop_short_of_k(monkeypatch):
     assert backends.resolve("auto", x, k=5).name == "torch"
     assert backends.resolve("auto", torch.zeros(2, 5), k=64).name == "cpu"  # k_eff = V - 1 = 4
     monkeypatch.setattr(torch_type, "kernel_max_k", 3)
+    backends.clear_resolution_cache()
     assert backends.resolve("auto", x, k=5).name == "cpu"
     logits, target, feedback, u = random_case(2, 3, 9, seed=5)
     monkeypatch.setattr(cpu_type, "kernel_max_k", 2)
@@ -199,25 +201,25 @@ print("ok", ck.available_backends("cpu")[0])
 
 
 @pytest.mark.parametrize("backend", ["reference"] + cpu_kernel_backends())
-def test_grad_in_forward_gives_the_same_loss_and_gradient(backend):
+def test_single_pass_gives_the_same_loss_and_gradient(backend):
     # A request every backend accepts; only those with a single-pass kernel
     # (cuda, and its simulated build) change how the gradient is made.
     logits, target, feedback, u = random_case(2, 5, 40, seed=7)
     out = []
     for single in (False, True):
         x = logits.clone().requires_grad_(True)
-        loss = ck.cringe_loss(x, target, feedback, uniform=u, backend=backend, grad_in_forward=single)
+        loss = ck.cringe_loss(x, target, feedback, uniform=u, backend=backend, single_pass=single)
         loss.backward()
         out.append((loss.detach(), x.grad))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(out[1][1], out[0][1], rtol=2e-6, atol=1e-9)
-    module = ck.CringeLoss(backend=backend, grad_in_forward=True)
+    module = ck.CringeLoss(backend=backend, single_pass=True)
     torch.testing.assert_close(module(logits, target, feedback, uniform=u), out[1][0])
 
 
-def test_grad_in_forward_and_inplace_backward_exclude_each_other():
+def test_single_pass_and_inplace_backward_exclude_each_other():
     logits, target, feedback, _ = random_case(1, 2, 9)
-    with pytest.raises(ValueError, match="grad_in_forward and inplace_backward"):
-        ck.cringe_loss(logits, target, feedback, grad_in_forward=True, inplace_backward=True)
-    with pytest.raises(TypeError, match="grad_in_forward"):
-        ck.cringe_loss(logits, target, feedback, grad_in_forward="yes")
+    with pytest.raises(ValueError, match="single_pass=True and inplace_backward=True"):
+        ck.cringe_loss(logits, target, feedback, single_pass=True, inplace_backward=True)
+    with pytest.raises(TypeError, match="single_pass"):
+        ck.cringe_loss(logits, target, feedback, single_pass="yes")

@@ -348,7 +348,7 @@ def test_half_conversions_match_torch(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("V,k", [(2, 1), (7, 6), (1001, 5), (4099, 100), (70001, 5)])
 def test_single_pass_completes_to_the_two_pass_gradient(dtype, V, k):
-    # grad_in_forward: the forward also writes lse_weight * exp(x - lse) (from
+    # single_pass: the forward also writes lse_weight * exp(x - lse) (from
     # L2, right after the row's statistics); the backward completes it, bit
     # for bit the two-pass gradient, whatever grad_lse it gets.
     check_single_pass_completion(backends.resolve("cpu", torch.zeros(1, 1, 2)), dtype, V, k)

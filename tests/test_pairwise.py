@@ -134,7 +134,7 @@ def test_single_pass_is_the_two_pass_loss(backend, reduction, upstream):
     for single in (False, True):
         xw, xl = chosen.clone().requires_grad_(True), rejected.clone().requires_grad_(True)
         loss = ck.pairwise_cringe_loss(xw, tw, xl, tl, uniform=u, backend=backend, reduction=reduction,
-                                       margin=1.0, grad_in_forward=single)
+                                       margin=1.0, single_pass=single)
         (loss.sum() * upstream).backward()
         out.append((loss.detach(), xw.grad, xl.grad))
     for a, b in zip(*out):
@@ -145,6 +145,6 @@ def test_single_pass_needs_a_constant_gate():
     x = torch.randn(1, 2, 9)
     t = torch.zeros(1, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="gate_grad"):
-        ck.pairwise_cringe_loss(x, t, x, t, gate_grad=True, grad_in_forward=True)
+        ck.pairwise_cringe_loss(x, t, x, t, gate_grad=True, single_pass=True)
     with pytest.raises(ValueError, match="inplace_backward"):
-        ck.pairwise_cringe_loss(x, t, x, t, inplace_backward=True, grad_in_forward=True)
+        ck.pairwise_cringe_loss(x, t, x, t, inplace_backward=True, single_pass=True)

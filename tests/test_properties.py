@@ -51,7 +51,7 @@ def binary_cases(draw):
         reduction=draw(st.sampled_from(["mean", "sum", "none"])),
         ct_on_positives=draw(st.booleans()),
         detach_positives=draw(st.booleans()),
-        grad_in_forward=draw(st.booleans()),  # the single pass, where a backend has one
+        single_pass=draw(st.booleans()),  # the single pass, where a backend has one
     )
     return logits, target, fb, uniform, kw
 
@@ -97,7 +97,7 @@ def test_pairwise_backend_equals_reference(backend, case, margin, temperature, l
         return
     kw = dict(k=kw["k"], alpha=kw["alpha"], reduction=kw["reduction"], margin=margin, temperature=temperature,
               length_normalize=length_normalize, gate_grad=gate_grad,
-              grad_in_forward=kw["grad_in_forward"] and not gate_grad)
+              single_pass=kw["single_pass"] and not gate_grad)
     chosen = logits.flip(1).detach().clone()
     out = ck.pairwise_cringe_loss(chosen, target.flip(1), logits, target, uniform=uniform, backend=backend,
                                   return_details=True, **kw)
@@ -117,7 +117,7 @@ def test_pairwise_backend_equals_reference(backend, case, margin, temperature, l
 @given(case=binary_cases())
 def test_reductions_agree(case):
     logits, target, fb, uniform, kw = case
-    kw = {k: v for k, v in kw.items() if k not in ("reduction", "grad_in_forward")}
+    kw = {k: v for k, v in kw.items() if k not in ("reduction", "single_pass")}
     none = ck.cringe_loss(logits, target, fb, uniform=uniform, reduction="none", **kw)
     total = ck.cringe_loss(logits, target, fb, uniform=uniform, reduction="sum", **kw)
     mean = ck.cringe_loss(logits, target, fb, uniform=uniform, reduction="mean", **kw)

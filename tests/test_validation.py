@@ -195,11 +195,11 @@ def test_value_errors_reach_the_caller_on_every_backend(backend, single_pass, ba
         feedback[1, 0] = bad["feedback"]
     with pytest.raises(ValueError, match=name):
         ck.cringe_loss(logits.requires_grad_(True), target, feedback, uniform=u, backend=backend,
-                       grad_in_forward=single_pass)
+                       single_pass=single_pass)
     if name != "feedback":  # the pairwise loss has no feedback
         with pytest.raises(ValueError, match=name):
             ck.pairwise_cringe_loss(logits, target, logits.detach() + 1, target, uniform=u, backend=backend,
-                                    grad_in_forward=single_pass)
+                                    single_pass=single_pass)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -42,13 +42,8 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here; the message says why."""
 
 
-def _import_backend(name: str) -> bool:
-    """Import and instantiate a kernel backend once.
-
-    Marked constant (below) so that Dynamo runs it eagerly: a training step
-    compiled with ``fullgraph=True`` may call the loss for the first time,
-    and Dynamo refuses to trace an import.
-    """
+def _import_backend(name: str) -> None:
+    """Import and instantiate a kernel backend once."""
     if name not in _loaded:
         module_name, class_name = _KERNEL_BACKENDS[name]
         try:
@@ -61,13 +56,6 @@ def _import_backend(name: str) -> bool:
             _loaded[name] = BackendStatus(name, False, (), reason)
         else:
             _loaded[name] = getattr(module, class_name)()
-    return True
-
-
-# What torch.compiler.assume_constant_result does, without importing Dynamo
-# (and with it triton) when the package is imported; a test compiles a first
-# call with fullgraph=True in a fresh process to keep this honest.
-_import_backend._dynamo_marked_constant = True
 
 
 def _load(name: str) -> Union[RowStatsBackend, BackendStatus]:
@@ -120,7 +108,10 @@ def resolve(name: str, logits: torch.Tensor, k: Optional[int] = None) -> Union[s
 
     ``"auto"`` takes the first backend of :data:`_AUTO_ORDER` that runs on
     these logits, passing over one whose kernels stop short of
-    ``min(k, V - 1)`` (``kernel_max_k``) when a later one does not.
+    ``min(k, V - 1)`` (``kernel_max_k``) when a later one does not. The answer depends only on
+    the name, the logits' device and dtype and ``k``, and is cached per
+    such key: a loss call pays a dictionary lookup, and a compiled step
+    never traces the resolution (see :func:`_resolve`).
 
     Parameters
     ----------
@@ -137,24 +128,64 @@ def resolve(name: str, logits: torch.Tensor, k: Optional[int] = None) -> Union[s
     BackendUnavailableError
         For a known backend that cannot run on these logits, saying why.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, PUBLIC_BACKENDS))}; got {name!r}")
+    device = logits.device
+    V = logits.shape[-1]
+    if k is not None and isinstance(V, int):  # a symbolic V (dynamic shapes) keys on k itself
+        k = min(k, V - 1)
+    chosen = _resolve(name, device.type, device.index, logits.dtype, k)
+    return chosen if chosen == REFERENCE else _loaded[chosen]
+
+
+_resolved: Dict[tuple, str] = {}
+
+
+def _resolve(name, device_type: str, device_index: Optional[int], dtype: torch.dtype, k: Optional[int]) -> str:
+    """The name of the backend :func:`resolve` picks, from constants, cached.
+
+    Marked constant (below): Dynamo runs it eagerly instead of tracing the
+    status queries (a CUDA runtime call, a module import) that a first
+    resolution makes, and its answer, a string, is a constant of the graph.
+    """
+    key = (name, device_type, device_index, dtype, k)
+    chosen = _resolved.get(key)
+    if chosen is None:
+        probe = torch.empty(0, 2, dtype=dtype, device=torch.device(device_type, device_index))
+        backend = _resolve_uncached(name, probe, k)
+        chosen = _resolved[key] = backend if backend == REFERENCE else backend.name
+    return chosen
+
+
+# What torch.compiler.assume_constant_result does, without importing Dynamo
+# (and with it triton) when the package is imported; a test compiles a first
+# call with fullgraph=True in a fresh process, with a status that raises when
+# traced, to keep this honest.
+_resolve._dynamo_marked_constant = True
+
+
+def _resolve_uncached(name, probe: torch.Tensor, k: Optional[int]):
+    """The resolution itself; ``probe`` is an empty tensor of the logits' device and dtype."""
     if not isinstance(name, str) or (name not in PUBLIC_BACKENDS and name != "auto" and name not in _KERNEL_BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, PUBLIC_BACKENDS))}; got {name!r}")
     if name == REFERENCE:
         return REFERENCE
     if name == "auto":
-        runnable = [b for b in map(_load, _AUTO_ORDER.get(logits.device.type, ()))
-                    if isinstance(b, RowStatsBackend) and b.supports(logits)[0]]
-        if not runnable:
-            return REFERENCE
-        k_eff = None if k is None else min(k, logits.shape[-1] - 1)
+        runnable = [b for b in map(_load, _AUTO_ORDER.get(probe.device.type, ()))
+                    if isinstance(b, RowStatsBackend) and b.supports(probe)[0]]
         for backend in runnable:
-            if k_eff is None or backend.kernel_max_k is None or k_eff <= backend.kernel_max_k:
+            if k is None or backend.kernel_max_k is None or k <= backend.kernel_max_k:
                 return backend
-        return runnable[0]
+        return runnable[0] if runnable else REFERENCE
     backend = _load(name)
     if isinstance(backend, BackendStatus):
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {backend.reason}")
-    ok, reason = backend.supports(logits)
+    ok, reason = backend.supports(probe)
     if not ok:
         raise BackendUnavailableError(f"backend {name!r} cannot run on these logits: {reason}")
     return backend
+
+
+def clear_resolution_cache() -> None:
+    """Forget every cached :func:`resolve` answer (after a backend was built or installed)."""
+    _resolved.clear()

@@ -55,6 +55,11 @@ def direct_call_ok(args) -> bool:
 class EagerOp:
     """A registered op with its Python body; calling it picks one.
 
+    A direct call of a mutating op bumps the version counter of every
+    argument the op's schema marks as written, as the dispatcher does: a
+    tensor that autograd saved elsewhere and that the op then overwrote
+    raises torch's in-place error instead of giving a wrong gradient.
+
     Parameters
     ----------
     op : callable
@@ -64,11 +69,14 @@ class EagerOp:
         The function the op was registered with.
     """
 
-    __slots__ = ("op", "body")
+    __slots__ = ("op", "body", "mutated")
 
     def __init__(self, op: Callable, body: Callable):
         self.op = op
         self.body = body
+        schema = op.default._schema
+        self.mutated = tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None
+                             and a.alias_info.is_write)
 
     @classmethod
     def registered(cls, qualname: str, body: Callable) -> "EagerOp":
@@ -77,9 +85,12 @@ class EagerOp:
         return cls(getattr(getattr(torch.ops, namespace), name), body)
 
     def __call__(self, *args):
-        if direct_call_ok(args):
-            return self.body(*args)
-        return self.op(*args)
+        if not direct_call_ok(args):
+            return self.op(*args)
+        out = self.body(*args)
+        for i in self.mutated:
+            torch.autograd.graph.increment_version(args[i])
+        return out
 
     def __repr__(self) -> str:
         return f"EagerOp({self.op!r})"

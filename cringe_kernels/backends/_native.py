@@ -307,9 +307,9 @@ class NativeRowStats(RowStatsBackend):
     # What define_single_pass_ops returned, for a backend with a single pass.
     single_pass_ops: Optional[SinglePassOps] = None
 
-    @property
-    def single_pass(self) -> bool:
-        return self.single_pass_ops is not None
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.single_pass = cls.single_pass_ops is not None
 
     @torch.no_grad()
     def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):

@@ -150,9 +150,16 @@ class RowStatsBackend:
         raise NotImplementedError
 
     # Single pass (the gradient written while the forward reads the rows).
-    # A backend with such a kernel overrides both; the defaults are the two
-    # passes, so every backend accepts the request and gives the same result.
+    # A backend with such a kernel overrides both methods below; the defaults
+    # are the two passes, so every backend accepts the request and gives the
+    # same result. ``single_pass`` says which, as a plain class attribute
+    # (torch.compile reads it while tracing), set for each subclass.
     single_pass = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "single_pass" not in cls.__dict__:
+            cls.single_pass = cls.forward_with_grad is not RowStatsBackend.forward_with_grad
 
     def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):
         """:meth:`forward`, plus the gradient for a guess of ``d loss / d lse``.
