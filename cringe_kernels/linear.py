@@ -53,7 +53,7 @@ __all__ = [
 # buffer is then 1 / (V / D) of the logits, 1/31 at D=4096, V=128256), and at
 # least this much, so that small batches still run as one or a few large
 # matmuls.
-_MIN_BUFFER_BYTES = 16 << 20
+_MIN_BUFFER_BYTES = 64 << 20
 # Chunks above this many rows are cut to a multiple of it: matmul tiles of
 # 64 rows waste nothing on a GPU, and the CPU's blocking is finer still.
 _ROW_MULTIPLE = 64
@@ -69,7 +69,7 @@ def choose_chunk_size(num_rows: int, vocab_size: int, hidden_size: int, dtype: t
     """Rows per chunk for the hidden-state losses.
 
     The chunk's ``[rows, V]`` logits buffer gets at most the byte size of the
-    hidden states ``[N, D]`` (at least 16 MiB), rounded down to a multiple
+    hidden states ``[N, D]`` (at least 64 MiB), rounded down to a multiple
     of 64 rows when above 64, and never more than ``num_rows``.
 
     Parameters
@@ -106,6 +106,35 @@ def _kernel_backend(name: str, V: int, dtype: torch.dtype, device: torch.device,
     return chosen
 
 
+def _chunks(rows_per_chunk: int, count: int, index: Optional[Tensor]):
+    """Row chunks: slices of ``range(count)``, or pieces of ``index`` (rows
+    gathered; ``count`` is then ``index.numel()``)."""
+    for lo in range(0, count, rows_per_chunk):
+        hi = min(count, lo + rows_per_chunk)
+        yield slice(lo, hi) if index is None else index[lo:hi]
+
+
+def _take(t: Tensor, rows) -> Tensor:
+    """``t[rows]``: a view for a slice, a contiguous gather for an index."""
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+
+def _put(dst: Tensor, rows, src: Tensor) -> None:
+    if isinstance(rows, slice):
+        dst[rows] = src
+    else:
+        dst.index_copy_(0, rows, src)
+
+
+def _count(rows) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
+
+
+def _split_rows(mask: Tensor) -> Tuple[Tensor, Tensor]:
+    """Indices of the rows where ``mask`` holds, and of the others (a host read)."""
+    return mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
+
+
 def _logits_into(out: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], scale: float,
                  softcap: float) -> None:
     """``out = softcap(scale * (hidden @ weight.T + bias))`` (``softcap`` 0: none)."""
@@ -128,22 +157,20 @@ def _softcap_chain_(grad: Tensor, logits: Tensor, softcap: float) -> None:
 
 def _fold_(grad_logits: Tensor, hidden: Tensor, weight: Tensor, scale: float, grad_hidden: Optional[Tensor],
            grad_weight: Optional[Tensor], grad_bias: Optional[Tensor], rows) -> None:
-    """Add one chunk's ``d loss / d z = scale * grad_logits`` to the gradients.
-
-    ``rows`` is a slice of ``grad_hidden`` (written with ``+=``) or an index
-    tensor (``index_add_``).
-    """
-    if grad_hidden is not None and grad_hidden.numel():
+    """Add one chunk's ``d loss / d z = scale * grad_logits`` (``[rows, V]``)
+    to the gradients; ``rows`` (a slice or an index) says which rows of
+    ``grad_hidden`` the chunk's are."""
+    if grad_hidden is not None:
         part = grad_logits @ weight
         if scale != 1.0:
             part.mul_(scale)
         if isinstance(rows, slice):
             grad_hidden[rows] += part
         else:
-            grad_hidden.index_add_(0, rows, part)
-    if grad_weight is not None and grad_weight.numel():
+            grad_hidden.index_put_((rows,), part, accumulate=True)
+    if grad_weight is not None:
         grad_weight.addmm_(grad_logits.t(), hidden, alpha=scale)
-    if grad_bias is not None and grad_bias.numel():
+    if grad_bias is not None:
         grad_bias.add_(grad_logits.sum(0, dtype=grad_bias.dtype), alpha=scale)
 
 
@@ -177,32 +204,45 @@ def _forward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], target
     gb = weight.new_zeros((V,), dtype=sd) if fold and need_bias else _empty(weight, sd)
     if N == 0:
         return lse, t, xs, sample_index, gh, gw, gb
+    # (rows to gather or None for all, whether their gradient is folded)
+    groups = [(None, fold)]
+    if fold and hidden.device.type == "cpu":
+        # Rows whose d loss / d lse is 0 (negative or ignored rows) need no
+        # softmax gradient: on the CPU, where finding them costs no wait,
+        # they skip the gradient pass and the two folding matmuls.
+        with_grad, without = _split_rows(lse_weight != 0)
+        if without.numel():
+            groups = [(with_grad, True), (without, False)]
     rows_per_chunk = max(1, min(chunk_size, N))
     buffer = hidden.new_empty((rows_per_chunk, V))
-    for lo in range(0, N, rows_per_chunk):
-        hi = min(N, lo + rows_per_chunk)
-        h = hidden[lo:hi]
-        x = buffer[: hi - lo]
-        _logits_into(x, h, weight, bias, logit_scale, logit_softcap)
-        x3 = x.view(1, hi - lo, V)
-        u = uniform[lo:hi] if uniform is not None and k > 0 else None
-        if fold:
-            w = lse_weight[lo:hi]
-            if kernel.single_pass:
-                stats, grad = kernel.forward_with_grad(x3, target[lo:hi], u, k, ignore_index, w)
+    zeros = torch.zeros((rows_per_chunk,), dtype=sd, device=hidden.device)
+    for index, fold_group in groups:
+        count = N if index is None else index.numel()
+        for rows in _chunks(rows_per_chunk, count, index):
+            n = _count(rows)
+            h = _take(hidden, rows)
+            x = buffer[:n]
+            _logits_into(x, h, weight, bias, logit_scale, logit_softcap)
+            x3 = x.view(1, n, V)
+            y = _take(target, rows)
+            u = _take(uniform, rows) if uniform is not None and k > 0 else None
+            if fold_group:
+                w = _take(lse_weight, rows)
+                if kernel.single_pass:
+                    stats, grad = kernel.forward_with_grad(x3, y, u, k, ignore_index, w)
+                else:
+                    stats = kernel.forward(x3, y, u, k, ignore_index)
+                    # In place over the buffer unless the softcap still needs the logits.
+                    grad = kernel.backward(x3, y, stats.sample_index, stats.lse, w, zeros[:n], zeros[:n],
+                                           ignore_index, not logit_softcap)
+                grad = grad.view(n, V)
+                _softcap_chain_(grad, x, logit_softcap)
+                _fold_(grad, h, weight, logit_scale, gh if need_hidden else None, gw if need_weight else None,
+                       gb if need_bias else None, rows)
             else:
-                stats = kernel.forward(x3, target[lo:hi], u, k, ignore_index)
-                zeros = torch.zeros_like(w)
-                # In place over the buffer unless the softcap still needs the logits.
-                grad = kernel.backward(x3, target[lo:hi], stats.sample_index, stats.lse, w, zeros, zeros,
-                                       ignore_index, not logit_softcap)
-            grad = grad.view(hi - lo, V)
-            _softcap_chain_(grad, x, logit_softcap)
-            _fold_(grad, h, weight, logit_scale, gh if need_hidden else None, gw if need_weight else None,
-                   gb if need_bias else None, slice(lo, hi))
-        else:
-            stats = kernel.forward(x3, target[lo:hi], u, k, ignore_index)
-        lse[lo:hi], t[lo:hi], xs[lo:hi], sample_index[lo:hi] = stats
+                stats = kernel.forward(x3, y, u, k, ignore_index)
+            for dst, src in zip((lse, t, xs, sample_index), stats):
+                _put(dst, rows, src)
     return lse, t, xs, sample_index, gh, gw, gb
 
 
@@ -235,7 +275,9 @@ def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targe
     written over ``fold_*`` when ``reuse`` (eager calls only: a registered op
     may not return its inputs). The rest of ``d loss / d lse`` (``residual``
     says where it may be nonzero) is recomputed chunk by chunk; the target
-    and sampled columns are added by gathers and ``index_add_``.
+    and sampled columns are added by gathers of ``weight`` rows and
+    accumulating ``index_put_`` (which sums in float32 for 16-bit weights
+    on a GPU).
 
     Returns ``(grad_hidden, grad_weight, grad_bias)``; empty where not asked
     for; ``grad_bias`` in the bias's dtype.
@@ -262,57 +304,53 @@ def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targe
         gw = torch.zeros_like(weight) if need_weight else _empty(weight)
         gb = weight.new_zeros((V,), dtype=sd) if need_bias else _empty(weight, sd)
     gh_, gw_, gb_ = (gh if need_hidden else None), (gw if need_weight else None), (gb if need_bias else None)
+    rows_per_chunk = max(1, min(chunk_size, N))
 
-    rows_per_chunk = max(1, min(chunk_size, max(N, 1)))
-    # Dense part: rows whose d loss / d lse is not in the folded gradients.
-    redo = None
-    if residual == _ALL:
-        redo = torch.arange(N, device=hidden.device) if N else None
-    elif residual == _CHECK:
-        tol = 32 * torch.finfo(sd).eps
-        off = residual_coef.abs() > tol * grad_lse.abs() if folded else residual_coef != 0
-        redo = off.nonzero().squeeze(1)  # one host wait, asked for by the caller
-        if redo.numel() == 0:
-            redo = None
-    if redo is not None:
+    # Dense part: the rows whose d loss / d lse is not in the folded gradients.
+    redo, count = None, 0
+    if residual == _ALL and hidden.device.type != "cpu":
+        count = N  # every row, without a host wait
+    elif residual == _CHECK or residual == _ALL:
+        # _CHECK: the caller accepts the one host wait; _ALL on the CPU costs
+        # none and skips rows with nothing to add (negative rows).
+        if folded:
+            off = residual_coef.abs() > 32 * torch.finfo(sd).eps * grad_lse.abs()
+        else:
+            off = residual_coef != 0
+        redo = off.nonzero().squeeze(1)
+        count = redo.numel()
+    if count:
         kernel = _kernel_backend(backend, V, hidden.dtype, hidden.device, 0)
-        buffer = hidden.new_empty((min(rows_per_chunk, redo.numel()), V))
-        for lo in range(0, redo.numel(), rows_per_chunk):
-            idx = redo[lo:lo + rows_per_chunk]
-            whole = residual == _ALL
-            rows = slice(lo, lo + idx.numel()) if whole else idx
-            h = hidden[rows]
-            x = buffer[: idx.numel()]
+        buffer = hidden.new_empty((min(rows_per_chunk, count), V))
+        zeros = torch.zeros((buffer.shape[0],), dtype=sd, device=hidden.device)
+        for rows in _chunks(rows_per_chunk, count, redo):
+            n = _count(rows)
+            h = _take(hidden, rows)
+            x = buffer[:n]
             _logits_into(x, h, weight, bias, logit_scale, logit_softcap)
-            x3 = x.view(1, idx.numel(), V)
-            zeros = torch.zeros((idx.numel(),), dtype=sd, device=hidden.device)
-            grad = kernel.backward(x3, target[rows].contiguous(), sample_index[rows].contiguous(),
-                                   lse[rows].contiguous(), residual_coef[rows].contiguous(), zeros, zeros,
-                                   ignore_index, not logit_softcap).view(idx.numel(), V)
+            grad = kernel.backward(x.view(1, n, V), _take(target, rows), _take(sample_index, rows), _take(lse, rows),
+                                   _take(residual_coef, rows), zeros[:n], zeros[:n], ignore_index,
+                                   not logit_softcap).view(n, V)
             _softcap_chain_(grad, x, logit_softcap)
             _fold_(grad, h, weight, logit_scale, gh_, gw_, gb_, rows)
 
-    # Sparse part: the target and sampled columns, d loss / d z there.
+    # Sparse part: d loss / d z at the target and sampled columns.
     def dz_dx(value):
         return logit_scale * (1 - (value / logit_softcap) ** 2) if logit_softcap else logit_scale
 
-    coef_t = torch.where(in_range, grad_target * dz_dx(target_logit), 0.0)
-    coef_s = torch.where(sampled, grad_sample * dz_dx(sample_logit), 0.0)
-    cols_t = torch.where(in_range, target, 0)
-    cols_s = torch.where(sampled, sample_index, 0)
-    for lo in range(0, N, rows_per_chunk):
-        hi = min(N, lo + rows_per_chunk)
-        a, b = coef_t[lo:hi, None], coef_s[lo:hi, None]
-        yt, ys = cols_t[lo:hi], cols_s[lo:hi]
+    # [2, N]: the target column's row, then the sampled column's
+    coef = torch.stack([torch.where(in_range, grad_target * dz_dx(target_logit), 0.0),
+                        torch.where(sampled, grad_sample * dz_dx(sample_logit), 0.0)])
+    cols = torch.stack([torch.where(in_range, target, 0), torch.where(sampled, sample_index, 0)])
+    for rows in _chunks(rows_per_chunk, N, None):
+        n = rows.stop - rows.start
+        c, y = coef[:, rows].reshape(2 * n, 1), cols[:, rows].reshape(2 * n)
         if gh_ is not None:
-            gh_[lo:hi] += (a * weight[yt] + b * weight[ys]).to(gh_.dtype)
+            gh_[rows] += (c * weight[y]).view(2, n, D).sum(0).to(gh_.dtype)
         if gw_ is not None:
-            h = hidden[lo:hi]
-            gw_.index_add_(0, yt, (a * h).to(gw_.dtype))
-            gw_.index_add_(0, ys, (b * h).to(gw_.dtype))
+            gw_.index_put_((y,), (c * hidden[rows].repeat(2, 1)).to(gw_.dtype), accumulate=True)
         if gb_ is not None:
-            gb_.index_add_(0, yt, a[:, 0].to(gb_.dtype))
-            gb_.index_add_(0, ys, b[:, 0].to(gb_.dtype))
+            gb_.index_put_((y,), c[:, 0].to(gb_.dtype), accumulate=True)
     gb = gb.to(bias.dtype) if need_bias else _empty(weight)
     return gh, gw, gb
 

@@ -229,26 +229,39 @@ def test_no_grad_and_frozen_head():
     torch.testing.assert_close(g, ge, **TOL[torch.float64])
 
 
-def test_the_logits_buffer_is_one_chunk(monkeypatch):
+def test_logits_are_made_in_chunks_and_only_where_needed(monkeypatch):
     shapes = []
     original = linear._logits_into
 
     def recording(out, *args):
-        shapes.append(tuple(out.shape))
+        shapes.append(out.shape[0])
         return original(out, *args)
 
     monkeypatch.setattr(linear, "_logits_into", recording)
     hidden, weight, bias, target, feedback, uniform = make_case(B=3, T=10, seed=13)
     h = hidden.clone().requires_grad_(True)
+    positive = ((target != -100) & feedback).sum().item()
+    # A scalar loss: one matmul per row, in the forward; none in the backward.
+    linear_cringe_loss(h, weight, target, feedback, bias=bias, uniform=uniform, chunk_size=8).backward()
+    assert max(shapes) == 8 and sum(shapes) == 30
+    # "none": the backward recomputes the rows with a softmax gradient (on
+    # the CPU only those: the positive rows).
+    shapes.clear()
     linear_cringe_loss(h, weight, target, feedback, bias=bias, uniform=uniform, chunk_size=8,
                        reduction="none").sum().backward()
-    assert shapes and max(s[0] for s in shapes) == 8 and sum(s[0] for s in shapes) == 2 * 30
+    assert max(shapes) == 8 and sum(shapes) == 30 + positive
+    # Pairwise with a constant gate: each row once.
+    shapes.clear()
+    hw, yw, hl, yl, w, b, u = make_pair(seed=5)
+    hw.requires_grad_(True)
+    linear_pairwise_cringe_loss(hw, yw, hl, yl, w, bias=b, uniform=u, chunk_size=4).backward()
+    assert max(shapes) == 4 and sum(shapes) == yw.numel() + yl.numel()
 
 
 def test_chunk_size_rule():
     # 16384 x 4096 bf16 hidden states (128 MiB) against V = 128256: 512 rows
     assert choose_chunk_size(16384, 128256, 4096, torch.bfloat16) == 512
-    assert choose_chunk_size(8192, 32000, 512, torch.float32) == 128  # the 16 MiB floor
+    assert choose_chunk_size(8192, 32000, 512, torch.float32) == 512  # the 64 MiB floor
     assert choose_chunk_size(10, 50, 8, torch.float32) == 10
     assert choose_chunk_size(100, 10 ** 9, 8, torch.float32) == 1
 
