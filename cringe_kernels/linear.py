@@ -48,14 +48,17 @@ __all__ = [
     "linear_pairwise_cringe_loss",
 ]
 
-# The chunk's logits buffer may hold as many bytes as the hidden states
-# themselves (the same rule of thumb as chunked fused cross-entropy: the
-# buffer is then 1 / (V / D) of the logits, 1/31 at D=4096, V=128256), and at
-# least this much, so that small batches still run as one or a few large
-# matmuls.
+# The chunk's logits buffer may hold twice the bytes of the hidden states
+# (so the buffer and the single pass's gradient together are 4 D / V of the
+# logits' size: 0.13 at D=4096, V=128256, a sixteenth of the logits and
+# their gradient that the logits path holds), and at least 64 MiB. Why not less:
+# each chunk's grad_weight update reads and writes all of [V, D] with an
+# inner dimension of only the chunk's rows, so it is memory-bound below
+# about 1000 rows on an H100 (bf16: 2 * rows flops per 4 bytes against a
+# ridge near 300 flops per byte); on the CPU, 128-row chunks ran the
+# matmuls markedly slower than 512-row ones.
 _MIN_BUFFER_BYTES = 64 << 20
-# Chunks above this many rows are cut to a multiple of it: matmul tiles of
-# 64 rows waste nothing on a GPU, and the CPU's blocking is finer still.
+# Chunks above this many rows are cut to a multiple of it (whole matmul tiles).
 _ROW_MULTIPLE = 64
 
 # Backward residual rules: how the rows whose d loss / d lse was not folded
@@ -68,9 +71,9 @@ _ALL = "all"  # recompute every row
 def choose_chunk_size(num_rows: int, vocab_size: int, hidden_size: int, dtype: torch.dtype) -> int:
     """Rows per chunk for the hidden-state losses.
 
-    The chunk's ``[rows, V]`` logits buffer gets at most the byte size of the
-    hidden states ``[N, D]`` (at least 64 MiB), rounded down to a multiple
-    of 64 rows when above 64, and never more than ``num_rows``.
+    The chunk's ``[rows, V]`` logits buffer gets at most twice the byte size
+    of the hidden states ``[N, D]`` (at least 64 MiB), rounded down to a
+    multiple of 64 rows when above 64, and never more than ``num_rows``.
 
     Parameters
     ----------
@@ -85,7 +88,7 @@ def choose_chunk_size(num_rows: int, vocab_size: int, hidden_size: int, dtype: t
         At least 1.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
-    budget = max(num_rows * hidden_size * itemsize, _MIN_BUFFER_BYTES)
+    budget = max(2 * num_rows * hidden_size * itemsize, _MIN_BUFFER_BYTES)
     rows = max(1, budget // (vocab_size * itemsize))
     if rows > _ROW_MULTIPLE:
         rows -= rows % _ROW_MULTIPLE
