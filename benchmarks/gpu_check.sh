@@ -1,55 +1,51 @@
 #!/usr/bin/env bash
-# One GPU session, one script: environment, build, backend table, kernel
-# launch-parameter sweep, benchmark, tests, sanitizers; everything lands in
-# OUT_DIR.
+# The GPU evidence at HEAD in one run, with defaults only: environment,
+# build, the whole test suite, compute-sanitizer, N*V > 2^31, the goal point
+# against a float64 reference, then the benchmark's standard sweep with its
+# baselines. Everything lands in OUT_DIR.
 #
 #   benchmarks/gpu_check.sh OUT_DIR
 #
-# Expects a machine with a CUDA GPU, torch + triton, nvcc and pybind11 already
-# installed, and no internet: it installs nothing from an index (the build
-# uses --no-build-isolation --no-deps). Each step is time-boxed with
-# `timeout`; a failing or timed-out step is reported and the script goes on;
-# the exit status is non-zero when any step failed. Order: the numbers
-# (tune, benchmark), then the checks (tests, compute-sanitizer), then the
-# diagnostics (host overhead, trace, ncu profile), so that a hung test cannot
-# cost the numbers and a call cut short loses a diagnostic first; a kernel
-# that faults in the benchmark shows as an ERR cell and again in the tests.
-# The whole run takes about 7.5 minutes on an H100. Run 6 measured: build
-# 60 s, tune 43 s, benchmark 15 s (six providers at the goal point), host
-# 23 s, trace 14 s, profile 37 s, 714 GPU tests 86 s; memcheck over the
-# quick cases and the N*V > 2^31 case ~60 s, racecheck over the quick cases
-# ~140 s (run 7). A device call returns only so many files: tar OUT_DIR.
+# Expects a machine with a CUDA GPU, torch + triton, nvcc and pybind11, and
+# no internet: it installs nothing from an index (the build uses
+# --no-build-isolation --no-deps; wheels made by benchmarks/gpu_wheels.sh,
+# carried in .whl/, are installed with --no-index). Each step is time-boxed
+# with `timeout`; a failing or timed-out step is reported and the script goes
+# on; the exit status is non-zero when any step failed. No launch setting is
+# exported: every kernel runs with the package's own choices
+# (cringe_kernels/backends/heuristics.py).
 #
-# OUT_DIR receives: gpu_check.log (everything printed), env.txt, build.log,
-# info.txt, tune.csv, bench/ (results.csv, results.json, summary.txt,
-# plot_*.png), host/host_overhead.csv, trace.txt, ncu.txt, pytest.log + pytest.xml, sanitizer.log,
-# racecheck.txt and steps.txt (one line per step). To publish a run: copy
-# bench/*, tune.csv, ncu.txt and gpu_check.log into
-# benchmarks/results/cuda-<gpu>/ and commit them.
+# Expected times on an H100 (seconds; from the runs in benchmarks/results/:
+# cuda-h100-6 and -7 for the build, the GPU tests, the sanitizers, the tune
+# and the host step; the rest estimated from those), about 12 minutes:
 #
-# Knobs (environment):
-#   GPU_CHECK_BUILD_S, GPU_CHECK_TUNE_S, GPU_CHECK_TEST_S, GPU_CHECK_SANITIZER_S
-#       per-step limits in seconds; GPU_CHECK_BENCH_S the benchmark's
-#       measuring budget.
-#   GPU_CHECK_BENCH_ARGS  benchmark arguments; without them it measures the
-#       issues' goal point (GOAL_POINT below) for every provider.
-#   GPU_CHECK_BASELINE_S  > 0 adds a step timing the compiled reference alone
-#       with that budget (it needs minutes to compile at the goal point).
-#   GPU_CHECK_TESTS       test paths (default "tests"). The simulator's tests
-#       (ids with "sim": the CUDA kernels on the CPU, tests/cuda_sim.py) are
-#       left out: CI runs them, and here they would spend device time on CPU
-#       work; GPU_CHECK_WITH_SIM=1 keeps them.
-#   GPU_CHECK_SANITIZER_QUICK=1  memcheck on the quick cases and on the
-#       N*V > 2^31 case alone (sanitizer_case.py --quick, --large-only),
-#       racecheck on the quick cases: ~2.5 min instead of ~6.
-#   GPU_CHECK_SKIP        steps to leave out, e.g. "tune sanitizer profile".
-#   GPU_CHECK_PROFILE_S   limit of the ncu profile of the forwards (120 s).
-# After the tune, its fastest Triton forward configuration, (when all agree
-# with Triton) its fastest CUDA forward gate and (when the completed gradient
-# matched) its fastest CUDA single-pass launch shape are exported as
-# CRINGE_KERNELS_TRITON_FWD / CRINGE_KERNELS_CUDA_FWD_GATE /
-# CRINGE_KERNELS_CUDA_SINGLE_PASS for the later steps, unless already set, so
-# the benchmark shows what to commit as default.
+#   step         expected  limit  what
+#   environment        10     60  versions, GPU, git commit
+#   wheels             10     60  .whl/*.whl (baselines: Liger, CCE, transformers)
+#   build              60    180  pip install -e . with nvcc (24 kernels x 2 archs)
+#   tests             200    330  the whole suite, pytest.xml (GPU tests ~90 s on
+#                                 6 workers; the simulator's tests ~100 s of CPU)
+#   memcheck          150    270  CUDA: every kernel path x dtype; N*V > 2^31;
+#                                 Triton: the quick cases
+#   racecheck          90    150  CUDA: the quick cases, 0 hazards required
+#   goal               40    120  N=16384, V=128256 bf16: loss, gradient, samples
+#                                 of cuda and triton vs float64 on 64 rows
+#   bench             170    260  V {32000,128256,256000} x N {4096,16384} x
+#                                 bf16/fp32, binary + pairwise, with baselines
+#   host               25     60  host time per call (benchmarks/host_overhead.py)
+#   tune               45    120  only with GPU_CHECK_TUNE=1: kernel_tune.py
+#
+# OUT_DIR receives gpu_check.log (everything printed), env.txt, build.log,
+# info.txt, pytest.log + pytest.xml, memcheck.log, racecheck.log, goal.txt,
+# bench/ (results.csv, results.json, summary.txt, plot_*.png),
+# host/host_overhead.csv, tune.csv (with GPU_CHECK_TUNE=1) and steps.txt (one
+# line per step). To publish a run: copy them into
+# benchmarks/results/cuda-<gpu>-<commit>/ and commit them.
+#
+# Knobs (environment): GPU_CHECK_<STEP>_S per-step limits (BUILD, TESTS,
+# MEMCHECK, RACECHECK, BENCH: the benchmark's measuring budget);
+# GPU_CHECK_SKIP, steps to leave out (e.g. "bench host"), for a second call
+# after a first one was cut short; GPU_CHECK_TUNE=1 adds the tune.
 
 set -u -o pipefail
 
@@ -62,15 +58,11 @@ OUT="$(cd "$1" && pwd)"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 
-BUILD_S="${GPU_CHECK_BUILD_S:-120}"
-TUNE_S="${GPU_CHECK_TUNE_S:-120}"
-BENCH_BUDGET_S="${GPU_CHECK_BENCH_S:-120}"
-TEST_S="${GPU_CHECK_TEST_S:-200}"
-if [ "${GPU_CHECK_SANITIZER_QUICK:-0}" = 1 ]; then
-  SANITIZER_S="${GPU_CHECK_SANITIZER_S:-200}"
-else
-  SANITIZER_S="${GPU_CHECK_SANITIZER_S:-420}"
-fi
+BUILD_S="${GPU_CHECK_BUILD_S:-180}"
+TESTS_S="${GPU_CHECK_TESTS_S:-330}"
+MEMCHECK_S="${GPU_CHECK_MEMCHECK_S:-270}"
+RACECHECK_S="${GPU_CHECK_RACECHECK_S:-150}"
+BENCH_BUDGET_S="${GPU_CHECK_BENCH_S:-170}"
 SKIP=" ${GPU_CHECK_SKIP:-} "
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 # nvcc and compute-sanitizer often live only in the toolkit's folder.
@@ -141,14 +133,22 @@ for name in ("triton", "pybind11", "numpy", "pytest", "hypothesis", "matplotlib"
 EOF
 }
 
+wheels() {
+  # The baselines' packages, downloaded elsewhere by benchmarks/gpu_wheels.sh.
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install --no-index --no-deps .whl/*.whl
+  else
+    echo "no .whl/ folder: the benchmark skips the baselines it cannot import"
+  fi
+}
+
 build() {
   # FORCE_CUDA: a missing nvcc or a failed .cu compile must fail the build,
   # not silently produce a package without the CUDA module.
   CRINGE_KERNELS_FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1
   local rc=$?
   tail -n 25 "$OUT/build.log"
-  # ptxas register/spill report, when the build printed one.
-  grep -E "registers|spill" "$OUT/build.log" | head -n 40 || true
+  grep -E "registers|spill" "$OUT/build.log" | head -n 60 || true
   return $rc
 }
 
@@ -156,153 +156,139 @@ info() {
   "$PY" -m cringe_kernels.info 2>&1 | tee "$OUT/info.txt"
 }
 
-tune() {
-  "$PY" benchmarks/kernel_tune.py --csv "$OUT/tune.csv" --best-fwd "$OUT/best_triton_fwd.txt" \
-    --best-cuda-gate "$OUT/best_cuda_gate.txt" --best-cuda-single-pass "$OUT/best_cuda_single_pass.txt"
-}
-
 tests() {
+  # The whole suite: GPU tests, the simulator's (CPU) tests and the rest.
   # --maxfail rather than -x: one GPU session should show more than the first
   # failure, but a broken build should not spend the whole limit failing.
-  # pytest-xdist, where installed, spreads the suite over the machine's cores
-  # (one GPU context per worker; the largest test needs ~9 GB).
-  local par=() only=(-k "not sim")
-  "$PY" -c "import xdist" 2>/dev/null && par=(-n 6)
-  [ "${GPU_CHECK_WITH_SIM:-0}" = 1 ] && only=()
-  # shellcheck disable=SC2086
-  "$PY" -m pytest -q -ra --maxfail=10 --durations=15 "${par[@]}" "${only[@]}" --junitxml="$OUT/pytest.xml" \
-    ${GPU_CHECK_TESTS:-tests} 2>&1 | tee "$OUT/pytest.log"
+  # pytest-xdist, where installed, spreads it over the cores (one GPU context
+  # per worker; the largest test needs ~9 GB).
+  local par=()
+  "$PY" -c "import xdist" 2>/dev/null && par=(-n 8)
+  "$PY" -m pytest -q -ra --maxfail=20 --durations=20 "${par[@]}" --junitxml="$OUT/pytest.xml" tests 2>&1 \
+    | tee "$OUT/pytest.log"
 }
 
-sanitizer() {
+sanitizer_bin() {
   local cs
   cs="$(command -v compute-sanitizer || true)"
   [ -z "$cs" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && cs=/usr/local/cuda/bin/compute-sanitizer
-  if [ -z "$cs" ]; then
-    echo "compute-sanitizer not found" | tee "$OUT/sanitizer.log"
-    return 1
-  fi
+  echo "$cs"
+}
+
+memcheck() {
+  local cs rc=0
+  cs="$(sanitizer_bin)"
+  [ -z "$cs" ] && { echo "compute-sanitizer not found" | tee "$OUT/memcheck.log"; return 1; }
   # No caching allocator: each tensor is its own allocation, so an overrun is
   # caught instead of landing in a pooled block's slack.
-  local rc=0
   {
-    if [ "${GPU_CHECK_SANITIZER_QUICK:-0}" = 1 ]; then
-      echo "--- memcheck: the quick cases, then the N*V > 2^31 case alone (GPU_CHECK_SANITIZER_QUICK=1)"
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
-        "$PY" benchmarks/sanitizer_case.py --quick || rc=1
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
-        "$PY" benchmarks/sanitizer_case.py --large-only || rc=1
-    else
-      echo "--- memcheck: every edge case, plus N*V > 2^31"
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
-        "$PY" benchmarks/sanitizer_case.py --large || rc=1
-    fi
-    # Warnings count: an intra-warp hazard is a race on Volta and later
-    # (run 3 reported 210 of them, 0 errors, and exited 0 without this).
-    echo "--- racecheck (the forwards' shared top-k state): the quick cases"
-    "$cs" --tool racecheck --error-exitcode 1 "$PY" benchmarks/sanitizer_case.py --quick \
-      2>&1 | tee "$OUT/racecheck.txt" || rc=1
-    grep -q "RACECHECK SUMMARY: 0 hazards" "$OUT/racecheck.txt" || { echo "racecheck: hazards reported"; rc=1; }
-    # The group runs in a subshell (it feeds tee): its status carries rc out.
+    echo "--- memcheck, CUDA: every edge case and dtype, split rows, both single-pass shapes"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
+      "$PY" benchmarks/kernel_tune.py --sanitizer-case || rc=1
+    echo "--- memcheck, CUDA: N*V > 2^31 (two-pass in place, single pass)"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
+      "$PY" benchmarks/kernel_tune.py --sanitizer-case --large-only || rc=1
+    echo "--- memcheck, Triton: the quick cases"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 1 \
+      "$PY" benchmarks/kernel_tune.py --sanitizer-case --triton --quick || rc=1
     exit $rc
-  } 2>&1 | tee "$OUT/sanitizer.log"
+  } 2>&1 | tee "$OUT/memcheck.log"
 }
 
-# Nsight Compute on one launch of each forward and of the CUDA single pass
-# (benchmarks/profile_forward.py): why they stop short of the copy
-# bandwidth, not only how long they take.
-# SourceCounters samples where the warps stall (run 3's small-N rows say a
-# row-kernel round is bound by its own serial path: this says which part).
-profile() {
-  local ncu
-  ncu="$(command -v ncu || true)"
-  [ -z "$ncu" ] && ncu="$(ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)"
-  if [ -z "$ncu" ]; then
-    echo "ncu not found" | tee "$OUT/ncu.txt"
-    return 1
-  fi
-  # --clock-control none: the card is measured as found (ncu would lock its clocks).
-  "$ncu" --clock-control none --kernel-name regex:"row_threshold|row_stats_fwd" --launch-skip 0 --launch-count 8 \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section MemoryWorkloadAnalysis --section SourceCounters "$PY" benchmarks/profile_forward.py 2>&1 \
-    | tee "$OUT/ncu.txt"
+racecheck() {
+  local cs
+  cs="$(sanitizer_bin)"
+  [ -z "$cs" ] && { echo "compute-sanitizer not found" | tee "$OUT/racecheck.log"; return 1; }
+  # Warnings count: an intra-warp hazard is a race on Volta and later.
+  "$cs" --tool racecheck --error-exitcode 1 "$PY" benchmarks/kernel_tune.py --sanitizer-case --quick 2>&1 \
+    | tee "$OUT/racecheck.log" || return 1
+  grep -q "RACECHECK SUMMARY: 0 hazards" "$OUT/racecheck.log" || { echo "racecheck: hazards reported"; return 1; }
 }
 
-# One loss call traced with torch.profiler (benchmarks/profile_loss_call.py):
-# how long the device waits for the host before the large kernel, and what
-# the small kernels of the loss algebra add.
-trace() {
-  "$PY" benchmarks/profile_loss_call.py 2>&1 | tee "$OUT/trace.txt"
+# The goal point (bf16, 16384 tokens, V = 128256), every GPU backend, two
+# passes and the single pass: per-row loss, gradient and sampled columns
+# against the reference in float64 on 64 rows (the rows of a binary loss
+# with reduction="sum" are independent, so a subset is a fair reference).
+goal() {
+  "$PY" - <<'PYEOF' 2>&1 | tee "$OUT/goal.txt"
+import torch
+import cringe_kernels as ck
+
+N, V, dev = 16384, 128256, "cuda"
+g = torch.Generator(device=dev).manual_seed(0)
+x = (2 * torch.randn(1, N, V, device=dev, generator=g)).to(torch.bfloat16)
+y = torch.randint(0, V, (1, N), device=dev, generator=g)
+y[0, ::7] = -100
+fb = torch.rand(1, N, device=dev, generator=g) < 0.5
+u = torch.rand(1, N, device=dev, generator=g)
+rows = torch.randperm(N, device=dev, generator=g)[:64].sort().values
+xr = x[:, rows].double().requires_grad_(True)
+ref = ck.cringe_loss(xr, y[:, rows], fb[:, rows], uniform=u[:, rows], backend="reference", reduction="none",
+                     return_details=True)
+ref.loss.sum().backward()
+failed = []
+for backend in ("cuda", "triton"):
+    for single in (False, True):
+        xx = x.clone().requires_grad_(True)
+        out = ck.cringe_loss(xx, y, fb, uniform=u, backend=backend, reduction="none", single_pass=single,
+                             return_details=True)
+        out.loss.sum().backward()
+        torch.cuda.synchronize()
+        loss_err = (out.loss[0, rows].double() - ref.loss[0]).abs().max().item()
+        grad_err = (xx.grad[0, rows].double() - xr.grad[0]).abs().max().item()
+        same = bool(torch.equal(out.sample_index[0, rows], ref.sample_index[0]))
+        # bf16 gradients are rounded once (entries <= 1 + alpha: 2^-8 relative).
+        ok = loss_err < 2e-3 and grad_err < 1e-2 and same
+        print(f"{backend:6s} single_pass={single!s:5s}: max |loss - ref| {loss_err:.2e}, "
+              f"max |grad - ref| {grad_err:.2e}, sampled columns equal: {same}  {'ok' if ok else 'FAILED'}")
+        if not ok:
+            failed.append((backend, single))
+        del xx, out
+        torch.cuda.empty_cache()
+raise SystemExit(1 if failed else 0)
+PYEOF
 }
 
-# The default measures the issues' goal point (bf16, 16384 tokens, Llama 3's
-# 128256 vocabulary, forward + backward) for every provider; the preset
-# sweeps (--quick, the default, --full) need far more than one lease.
-GOAL_POINT="--N 16384 --V 128256 --dtypes bf16 --losses binary --modes full --compile-at all"
+# The standard sweep, with the baselines the suite has (F.cross_entropy eager
+# and compiled, the compiled reference, Liger, CCE: each skipped with a
+# reason when its package is absent) measured in the same run.
+SWEEP="--V 32000,128256,256000 --N 4096,16384 --dtypes bf16,fp32 --losses binary,pairwise --modes full"
 
 bench() {
   # shellcheck disable=SC2086
   "$PY" -m cringe_kernels.bench --device cuda --out "$OUT/bench" --time-budget "$BENCH_BUDGET_S" \
-    --no-progress ${GPU_CHECK_BENCH_ARGS:-$GOAL_POINT}
+    --no-progress $SWEEP
 }
 
-# Host time of a tiny loss call per backend and path (benchmarks/host_overhead.py):
-# the part of each call the GPU waits for; a few seconds.
+# Host time of a tiny loss call per backend and path; a few seconds.
 host() {
   "$PY" benchmarks/host_overhead.py --device cuda --reps 300 --out "$OUT/host"
 }
 
-# torch.compile of the reference alone, with its own budget: at the goal
-# point its compile and first call outran what the shared budget left it.
-baseline() {
-  # shellcheck disable=SC2086
-  "$PY" -m cringe_kernels.bench --device cuda --out "$OUT/baseline" --time-budget "$BASELINE_S" \
-    --no-progress --providers reference-compiled ${GPU_CHECK_BENCH_ARGS:-$GOAL_POINT}
+tune() {
+  "$PY" benchmarks/kernel_tune.py --csv "$OUT/tune.csv" --best-fwd "$OUT/best_triton_fwd.txt" \
+    --best-cuda-single-pass "$OUT/best_cuda_single_pass.txt"
 }
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
-export OUT PY
-export -f environment build info tune tests sanitizer bench host baseline profile trace
+export OUT PY SWEEP BENCH_BUDGET_S
+export -f environment wheels build info tests sanitizer_bin memcheck racecheck goal bench host tune
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
+step wheels 60 bash -o pipefail -c wheels
 step build "$BUILD_S" bash -o pipefail -c build
 step info 60 bash -o pipefail -c info
-step tune "$TUNE_S" bash -o pipefail -c tune
-# The benchmark and the tests run the Triton forward with the configuration
-# the tune found fastest (unless one was given), so that the numbers show the
-# configuration to commit as the default.
-if [ -z "${CRINGE_KERNELS_TRITON_FWD:-}" ] && [ -s "$OUT/best_triton_fwd.txt" ]; then
-  CRINGE_KERNELS_TRITON_FWD="$(tr -d '[:space:]' < "$OUT/best_triton_fwd.txt")"
-  export CRINGE_KERNELS_TRITON_FWD
-  echo "=== Triton forward configuration for the rest of the run: CRINGE_KERNELS_TRITON_FWD=$CRINGE_KERNELS_TRITON_FWD"
-fi
-if [ -z "${CRINGE_KERNELS_CUDA_FWD_GATE:-}" ] && [ -s "$OUT/best_cuda_gate.txt" ]; then
-  CRINGE_KERNELS_CUDA_FWD_GATE="$(tr -d '[:space:]' < "$OUT/best_cuda_gate.txt")"
-  export CRINGE_KERNELS_CUDA_FWD_GATE
-  echo "=== CUDA forward top-k gate for the rest of the run: CRINGE_KERNELS_CUDA_FWD_GATE=$CRINGE_KERNELS_CUDA_FWD_GATE"
-fi
-if [ -z "${CRINGE_KERNELS_CUDA_SINGLE_PASS:-}" ] && [ -s "$OUT/best_cuda_single_pass.txt" ]; then
-  CRINGE_KERNELS_CUDA_SINGLE_PASS="$(tr -d '[:space:]' < "$OUT/best_cuda_single_pass.txt")"
-  export CRINGE_KERNELS_CUDA_SINGLE_PASS
-  echo "=== CUDA single-pass launch shape for the rest of the run: CRINGE_KERNELS_CUDA_SINGLE_PASS=$CRINGE_KERNELS_CUDA_SINGLE_PASS"
-fi
+step tests "$TESTS_S" bash -o pipefail -c tests
+step memcheck "$MEMCHECK_S" bash -o pipefail -c memcheck
+step racecheck "$RACECHECK_S" bash -o pipefail -c racecheck
+step goal 120 bash -o pipefail -c goal
 # The sweep starts no measurement after BENCH_BUDGET_S; +90 s for start-up,
-# the compile in flight when the budget runs out, and writing the results
-# (SIGTERM still writes them).
-export BENCH_BUDGET_S
+# the compile in flight when the budget runs out, and writing the results.
 step bench $(( BENCH_BUDGET_S + 90 )) bash -o pipefail -c bench
-# Correctness before the diagnostics: a call cut short by its lease (run 6
-# lost racecheck so) should lose a profile, not a check.
-step tests "$TEST_S" bash -o pipefail -c tests
-step sanitizer "$SANITIZER_S" bash -o pipefail -c sanitizer
 step host 60 bash -o pipefail -c host
-BASELINE_S="${GPU_CHECK_BASELINE_S:-0}"
-export BASELINE_S GOAL_POINT
-if [ "$BASELINE_S" -gt 0 ]; then
-  step baseline $(( BASELINE_S + 60 )) bash -o pipefail -c baseline
+if [ "${GPU_CHECK_TUNE:-0}" = 1 ]; then
+  step tune 120 bash -o pipefail -c tune
 fi
-step trace 90 bash -o pipefail -c trace
-step profile "${GPU_CHECK_PROFILE_S:-120}" bash -o pipefail -c profile
 echo
 echo "=== gpu_check finished in $(( $(date +%s) - T0 ))s; outputs in $OUT"
 cat "$OUT/steps.txt"
