@@ -129,6 +129,10 @@ def test_all_rows_ignored_give_zero_loss_and_zero_gradients(backend):
         assert torch.all(loss == 0)
         for g in torch.autograd.grad(loss.sum(), (h, w, b)):
             assert torch.all(g == 0)
+    empty = linear_cringe_loss(h[:0], w, target[:0], feedback[:0], bias=b, backend=backend)
+    assert empty.item() == 0
+    for g in torch.autograd.grad(empty, (h, w, b)):
+        assert torch.all(g == 0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -227,6 +231,12 @@ def test_no_grad_and_frozen_head():
     h2 = hidden.clone().requires_grad_(True)
     (ge,) = torch.autograd.grad(ck.cringe_loss(head_logits(h2, weight, bias), target, feedback, uniform=uniform,
                                                backend="reference"), h2)
+    torch.testing.assert_close(g, ge, **TOL[torch.float64])
+    w = weight.clone().requires_grad_(True)  # the trunk frozen: only the head's gradient
+    (g,) = torch.autograd.grad(linear_cringe_loss(hidden, w, target, feedback, bias=bias, uniform=uniform), w)
+    w2 = weight.clone().requires_grad_(True)
+    (ge,) = torch.autograd.grad(ck.cringe_loss(head_logits(hidden, w2, bias), target, feedback, uniform=uniform,
+                                               backend="reference"), w2)
     torch.testing.assert_close(g, ge, **TOL[torch.float64])
 
 
@@ -401,11 +411,16 @@ print("ok")
 
 def test_opcheck_of_the_chunked_ops():
     hidden, weight, bias, target, feedback, uniform = make_case(seed=17, dtype=torch.float32)
-    h2 = hidden.reshape(-1, hidden.shape[-1])
-    t = target.reshape(-1)
-    w = (target.reshape(-1) != -100).float() / 10
-    args = (h2, weight, bias, t, uniform.reshape(-1), w, 3, -100, "auto", 1.0, 0.0, 5, True, True, True)
-    torch.library.opcheck(torch.ops.cringe_kernels.linear_row_stats, args, test_utils=("test_schema", "test_faketensor"))
+    h2, t = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
+    w = (t != -100).float() / 10
+    checks = ("test_schema", "test_faketensor")
+    forward = (h2, weight, bias, t, uniform.reshape(-1), w, 3, -100, "auto", 1.0, 0.0, 5, True, True, True)
+    torch.library.opcheck(torch.ops.cringe_kernels.linear_row_stats, forward, test_utils=checks)
+    lse, tl, xs, s, gh, gw, gb = torch.ops.cringe_kernels.linear_row_stats(*forward)
+    g = torch.linspace(-1, 1, t.numel())
+    backward = (h2, weight, bias, t, s, lse, tl, xs, w, w * 2, g, -g, gh, gw, gb, True, "check", -100, "auto", 1.0,
+                0.0, 5, True, True, True)
+    torch.library.opcheck(torch.ops.cringe_kernels.linear_row_stats_backward, backward, test_utils=checks)
 
 
 @pytest.mark.parametrize("call, error, match", [
