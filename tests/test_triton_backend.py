@@ -1,4 +1,4 @@
-"""Tests of the Triton backend against the reference (SPEC.md sections 1-4).
+"""Tests of the Triton backend against the reference (docs/spec.md sections 1-4).
 
 Without a GPU the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1,
 set by conftest.py), which is slow: shapes stay small and many cases use a
@@ -408,7 +408,7 @@ def test_inplace_backward_equals_out_of_place():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("V,k,block_v", [(7, 6, None), (100, 5, 16), (1001, 17, None)])
 def test_single_pass_completes_to_the_two_pass_gradient(dtype, V, k, block_v):
-    # grad_in_forward: the forward writes lse_weight * exp(x - lse), the
+    # single_pass: the forward writes lse_weight * exp(x - lse), the
     # backward completes it to the two-pass gradient, bit for bit.
     check_single_pass_completion(TritonRowStats(block_v), dtype, V, k, DEVICE)
 
@@ -425,7 +425,7 @@ def test_single_pass_completion_with_many_rows_a_program(dtype):
 def test_single_pass_loss_matches_reference():
     x, target, feedback, u = small_binary_case(2, 3, 40, seed=2)
     want = losses_and_grads("reference", x, target, feedback, u)
-    got = losses_and_grads("triton", x, target, feedback, u, grad_in_forward=True)
+    got = losses_and_grads("triton", x, target, feedback, u, single_pass=True)
     torch.testing.assert_close(got[0].loss, want[0].loss, rtol=2e-5, atol=2e-6)
     assert torch.equal(got[0].sample_index, want[0].sample_index)
     torch.testing.assert_close(got[1], want[1], rtol=2e-5, atol=1e-7)
@@ -599,3 +599,29 @@ def test_large_k_falls_back_to_torch():
     x = make_logits(1, 2, V, seed=8)
     target = torch.tensor([0, 5], device=DEVICE)
     compare_row_stats(x, target, make_uniform((1, 2), seed=8), V)
+
+
+def test_mutating_ops_declare_what_they_write():
+    """The in-place ops are registered with the argument they write, so that
+    torch (and the version-counter bump of eager calls) knows it."""
+    for name, written in (("triton_row_grad_", "logits"), ("triton_row_grad_complete_", "grad")):
+        schema = getattr(torch.ops.cringe_kernels, name).default._schema
+        assert [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write] == [written]
+    for name in ("triton_row_stats", "triton_row_grad", "triton_row_stats_with_grad"):
+        schema = getattr(torch.ops.cringe_kernels, name).default._schema
+        assert not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+
+
+def test_forward_config_follows_the_heuristics(monkeypatch):
+    """The forward takes heuristics.triton_forward_config unless the backend
+    was given a block (tests) and nothing from the environment."""
+    from cringe_kernels.backends import heuristics, triton_backend
+
+    assert heuristics.triton_forward_config(128256, 5) == (2048, 4, 512)
+    assert triton_backend._forward_config(128256, 5, 0, 0) == (2048, 4, 512)
+    assert heuristics.triton_forward_config(128256, 9) == (1024, 4, 512)
+    assert heuristics.triton_forward_config(100, 5) == (128, 4, 128)
+    assert triton_backend._forward_config(128256, 5, 256, 64) == (256, 4, 64)
+    assert triton_backend._forward_config(128256, 5, 0, 256) == (2048, 4, 256)
+    monkeypatch.setenv("CRINGE_KERNELS_TRITON_FWD", "4096,8,4096")
+    assert triton_backend._forward_config(128256, 5, 0, 0) == (2048, 4, 512)

@@ -52,6 +52,14 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+# The current stream's handle without building a torch.cuda.Stream object
+# (what Inductor's generated code calls; absent from CPU builds of torch).
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+if _raw_stream is not None:
+    def _stream(device: torch.device) -> int:  # noqa: F811
+        return _raw_stream(device.index)
+
+
 def large_k_error(k: int, V: int, max_k: int) -> ValueError:
     """The error for a ``k_eff`` the CUDA kernels do not draw from."""
     return ValueError(f"backend='cuda' draws from at most {max_k} candidates; got k={k} (k_eff = min(k, V - 1) = "

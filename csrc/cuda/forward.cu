@@ -441,7 +441,7 @@ __global__ void __launch_bounds__(row_threshold_max_threads<D, kWithGrad>(), row
     const int rounds = (hi - lo + kUnroll * T - 1) / (kUnroll * T);
     // kStaged: round r's packs are copied (cp.async) into stage half r % 2
     // while round r - 1 computes, offers and meets its barriers, so the
-    // barriers no longer drain the loads in flight. Each thread copies and
+    // barriers do not drain the loads in flight. Each thread copies and
     // later reads only its own slots, so its own wait suffices; a half is
     // rewritten only in the round after next, so the round reads its packs
     // from there where it uses them instead of holding them in registers.
