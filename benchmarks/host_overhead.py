@@ -88,13 +88,14 @@ class _LaunchClock:
         except ImportError:
             cuda_backend = None
         if cuda_backend is not None and cuda_backend._C_cuda is not None:
-            gate = cuda_backend._forward_gate
+            from cringe_kernels.backends import heuristics
 
-            def stamped_gate():
-                clock.stamp = time.perf_counter()
-                return gate()
+            for name in ("row_pieces", "single_pass_shape"):
+                def stamped(*args, _rule=getattr(heuristics, name)):
+                    clock.stamp = time.perf_counter()
+                    return _rule(*args)
 
-            self._wrap(cuda_backend, "_forward_gate", stamped_gate)
+                self._wrap(heuristics, name, stamped)
         return bool(self._installed)
 
     def uninstall(self) -> None:
