@@ -144,8 +144,10 @@ class CudaRowStats(_native.NativeRowStats):
     """Row statistics by the hand-written CUDA kernels (float16/bfloat16/float32/float64)."""
 
     name = "cuda"
-    # csrc/cuda/launch.h kMaxK, _C_cuda.max_k: a larger k_eff raises ValueError.
+    # csrc/cuda/launch.h kMaxK, _C_cuda.max_k: the largest k_eff the kernels
+    # draw from, and a hard limit (max_k): a larger k_eff raises ValueError.
     kernel_max_k = 64
+    max_k = 64
     ops = OPS
     single_pass_ops = SINGLE_PASS_OPS
 
