@@ -246,38 +246,43 @@ class BinaryCringeFunction(torch.autograd.Function):
         else:
             stats = opts.backend.forward(logits, target, uniform, opts.k, opts.ignore_index)
         lse, t, sampled, sample_index = stats
-        negative = valid ^ positive
+        negative_f = (valid ^ positive).to(dtype)
         gap = t - sampled
-        rows = torch.where(positive, lse - t, 0.0)
-        contrast = torch.where(negative, F.softplus(gap), 0.0)
-        # d contrast / d t per row (and minus d / d sampled logit)
-        slope = torch.where(negative, torch.sigmoid(gap), 0.0)
+        # Ignored rows hold zero statistics: their softplus(0) is masked by
+        # negative_f, and no ignored row is NaN.
+        contrast = F.softplus(gap).mul_(negative_f)
         if ct_on_positives:
-            contrast = contrast + torch.where(positive, F.softplus(-gap), 0.0)
-            slope = slope - torch.where(positive, torch.sigmoid(-gap), 0.0)
-        rows = rows + (contrast if opts.alpha == 1 else opts.alpha * contrast)
-        if opts.reduction == "none":
-            loss = rows
-        else:
-            loss = rows.sum()
-            if inv_denominator is not None:
-                loss = loss * inv_denominator
+            contrast = torch.where(positive, F.softplus(-gap), contrast)
+        if opts.alpha != 1:
+            contrast = contrast.mul_(opts.alpha)
+        rows = torch.where(positive, lse - t, contrast)
+        if ct_on_positives:
+            rows = rows + torch.where(positive, contrast, 0.0)
+        loss = rows if opts.reduction == "none" else rows.sum()
+        if inv_denominator is not None:
+            loss = loss * inv_denominator
         ctx.opts = opts
         ctx.detach_positives = detach_positives
+        ctx.ct_on_positives = ct_on_positives
         ctx.inv_denominator = inv_denominator
-        ctx.save_for_backward(logits, target, sample_index, lse, positive_f, slope, lse_weight)
+        ctx.save_for_backward(logits, target, sample_index, lse, positive, positive_f, negative_f, gap, lse_weight)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        logits, target, sample_index, lse, positive_f, slope, lse_weight = ctx.saved_tensors
+        logits, target, sample_index, lse, positive, positive_f, negative_f, gap, lse_weight = ctx.saved_tensors
         opts: LossOptions = ctx.opts
         w = row_weight(grad_loss, ctx.inv_denominator, lse)
+        # d contrast / d t per row, and minus d contrast / d sampled logit
+        slope = torch.sigmoid(gap).mul_(negative_f)
+        if ctx.ct_on_positives:
+            slope = torch.where(positive, torch.sigmoid(gap).sub_(1), slope)  # -sigmoid(-gap)
+        if opts.alpha != 1:
+            slope = slope.mul_(opts.alpha)
         g_lse = positive_f * w
-        contrast = slope if opts.alpha == 1 else opts.alpha * slope
-        g_t = (contrast - positive_f) * w
-        g_s = torch.zeros_like(g_t) if ctx.detach_positives else -contrast * w
+        g_t = (slope - positive_f).mul_(w)
+        g_s = torch.zeros_like(g_t) if ctx.detach_positives else slope.neg_().mul_(w)
         grad = _logits_grad(ctx, logits, target, sample_index, lse, lse_weight, g_lse, g_t, g_s, grad_loss)
         return grad, None, None, None, None, None, None, None, None
 
@@ -354,28 +359,29 @@ class PairwiseCringeFunction(torch.autograd.Function):
         opts: LossOptions = ctx.opts
         B, temperature, gate_grad = ctx.gate_options
         w = row_weight(grad_loss, ctx.inv_denominator, win_lse)  # scalar, or [B] for "none"
-        w_b = w.expand(B) if w.dim() == 0 else w
-        # chosen rows: CE (and, through the gate, d/d LP_w)
-        g_lse_w = valid_w_f * w_b.repeat_interleave(chosen.shape[1]) if w.dim() else valid_w_f * w
+        w_b = w.reshape(-1, 1)  # [1, 1] or [B, 1]: broadcasts over a pair's rows
+        valid_w_f = valid_w_f.view(B, -1)
+        valid_l_f = valid_l.to(gap_rows.dtype)
+        # chosen rows: CE
+        g_lse_w = valid_w_f * w_b
         g_t_w = -g_lse_w
-        # rejected rows: alpha * gate * softplus(t - x+) on two columns
-        valid_l_f = valid_l.reshape(-1).to(gap_rows.dtype)
-        scale_b = (gate * w_b) if opts.alpha == 1 else opts.alpha * gate * w_b
-        slope = valid_l_f * torch.sigmoid(gap_rows) * scale_b.repeat_interleave(rejected.shape[1])
-        g_t_l = slope
-        g_s_l = -slope
-        g_lse_l = torch.zeros_like(slope)
+        # rejected rows: alpha * gate * softplus(t - x+), two columns a row
+        scale_b = (gate.view(B, 1) * w_b) if opts.alpha == 1 else (opts.alpha * gate.view(B, 1)) * w_b
+        g_t_l = torch.sigmoid(gap_rows).view(B, -1).mul_(valid_l_f).mul_(scale_b)
+        g_s_l = -g_t_l
+        g_lse_l = torch.zeros_like(g_t_l)
         if gate_grad:
-            # d L_b / d M_b = alpha * w_b * CR_b * d gate / d M
-            d_gap = (opts.alpha * w_b * contrast_b) * (-gate * (1 - gate) / temperature)
+            # d L_b / d M_b = alpha * w_b * CR_b * d gate / d M, then M = LP_w - LP_l
+            d_gap = (opts.alpha * w_b.reshape(-1) * contrast_b) * (-gate * (1 - gate) / temperature)
             d_lp_w = d_gap if count_w is None else d_gap / count_w
             d_lp_l = -d_gap if count_l is None else -d_gap / count_l
-            row_w = valid_w_f * d_lp_w.to(valid_w_f.dtype).repeat_interleave(chosen.shape[1])
-            row_l = valid_l_f * d_lp_l.to(valid_l_f.dtype).repeat_interleave(rejected.shape[1])
+            row_w = valid_w_f * d_lp_w.to(valid_w_f.dtype).view(B, 1)
+            row_l = valid_l_f * d_lp_l.to(valid_l_f.dtype).view(B, 1)
             g_t_w = g_t_w + row_w
             g_lse_w = g_lse_w - row_w
             g_t_l = g_t_l + row_l
             g_lse_l = g_lse_l - row_l
+        g_lse_w, g_t_w, g_t_l, g_s_l, g_lse_l = (g.reshape(-1) for g in (g_lse_w, g_t_w, g_t_l, g_s_l, g_lse_l))
         ctx.grad = getattr(ctx, "grad_w", None)
         grad_w = _logits_grad(ctx, chosen, chosen_target, win_index, win_lse, weight_w, g_lse_w, g_t_w,
                               torch.zeros_like(g_t_w), grad_loss)

@@ -13,7 +13,7 @@ the op runs, so the results are the same) and calls the op otherwise.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -49,7 +49,10 @@ def direct_call_ok(args) -> bool:
     """
     if _interceptors_active():
         return False
-    return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
+    for a in args:
+        if isinstance(a, torch.Tensor) and type(a) is not torch.Tensor:
+            return False
+    return True
 
 
 class EagerOp:
@@ -69,25 +72,34 @@ class EagerOp:
         The function the op was registered with.
     """
 
-    __slots__ = ("op", "body", "mutated")
+    __slots__ = ("op", "body", "unchecked_body", "mutated")
 
-    def __init__(self, op: Callable, body: Callable):
+    def __init__(self, op: Callable, body: Callable, unchecked_body: Optional[Callable] = None):
         self.op = op
         self.body = body
+        self.unchecked_body = unchecked_body or body
         schema = op.default._schema
         self.mutated = tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None
                              and a.alias_info.is_write)
 
     @classmethod
-    def registered(cls, qualname: str, body: Callable) -> "EagerOp":
+    def registered(cls, qualname: str, body: Callable, unchecked_body: Optional[Callable] = None) -> "EagerOp":
         """The op registered as ``qualname`` (``"namespace::name"``) with ``body``."""
         namespace, name = qualname.split("::")
-        return cls(getattr(getattr(torch.ops, namespace), name), body)
+        return cls(getattr(getattr(torch.ops, namespace), name), body, unchecked_body)
 
     def __call__(self, *args):
+        return self._call(self.body, args)
+
+    def unchecked(self, *args):
+        """The call for arguments the caller has already checked (the losses):
+        the direct path skips the op's own argument checks."""
+        return self._call(self.unchecked_body, args)
+
+    def _call(self, body: Callable, args):
         if not direct_call_ok(args):
             return self.op(*args)
-        out = self.body(*args)
+        out = body(*args)
         for i in self.mutated:
             torch.autograd.graph.increment_version(args[i])
         return out

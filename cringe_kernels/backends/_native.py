@@ -109,11 +109,20 @@ def _no_guard(device: torch.device) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def _register(qualname: str, body: Callable, mutates_args, device_type: str, fake: Callable) -> EagerOp:
-    """Register ``body`` as the custom op ``qualname`` with the fake ``fake``."""
+def _register(qualname: str, body: Callable, mutates_args, device_type: str, fake: Callable,
+              unchecked_body: Callable) -> EagerOp:
+    """Register ``body`` as the custom op ``qualname`` with the fake ``fake``;
+    ``unchecked_body`` is ``body`` without its argument checks
+    (:meth:`EagerOp.unchecked`)."""
     op = torch.library.custom_op(qualname, body, mutates_args=mutates_args, device_types=device_type)
     op.register_fake(fake)
-    return EagerOp.registered(qualname, body)
+    return EagerOp.registered(qualname, body, unchecked_body)
+
+
+def check_no_overlap(logits: torch.Tensor) -> None:
+    """An in-place gradient needs every element of ``logits`` in its own memory."""
+    _need(torch._debug_has_internal_overlap(logits) != 1, ValueError,
+          "logits has elements that share memory (an expand); the in-place backward cannot write there")
 
 
 class RowStatsOps(NamedTuple):
@@ -164,11 +173,7 @@ def define_row_stats_ops(
     name = name or device_type
     prefix = f"cringe_kernels::{name}_row_stats"
 
-    def row_stats(
-        logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Forward primitive; see :mod:`cringe_kernels.backends.base`."""
-        check_forward(logits, target, uniform, k, device_type)
+    def run_forward(logits, target, uniform, k, ignore_index):
         B, T, _ = logits.shape
         with device_guard(logits.device):
             out = new_stats(logits, B * T)
@@ -176,39 +181,54 @@ def define_row_stats_ops(
                 launch_forward(logits, target, uniform, k, ignore_index, out)
         return out
 
-    def backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
-        check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
+    def row_stats(
+        logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Forward primitive; see :mod:`cringe_kernels.backends.base`."""
+        check_forward(logits, target, uniform, k, device_type)
+        return run_forward(logits, target, uniform, k, ignore_index)
+
+    def run_backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
         B, T, _ = logits.shape
-        if B * T == 0:
-            return
-        with device_guard(logits.device):
-            launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
-                            ignore_index)
+        if B * T:
+            with device_guard(logits.device):
+                launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
+                                ignore_index)
+
+    def run_backward(logits, *args):
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        run_backward_into(grad, logits, *args)
+        return grad
+
+    def run_backward_(logits, *args):
+        run_backward_into(logits, logits, *args)
 
     def row_stats_backward(
         logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, grad_lse: Tensor, grad_target: Tensor,
         grad_sample: Tensor, ignore_index: int,
     ) -> Tensor:
         """Gradient of the logits as a new contiguous ``[B, T, V]`` tensor of the logits' dtype."""
-        check_logits(logits, device_type)
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        backward_into(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
-        return grad
+        check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
+        return run_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
 
     def row_stats_backward_(
         logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, grad_lse: Tensor, grad_target: Tensor,
         grad_sample: Tensor, ignore_index: int,
     ) -> None:
         """In-place form: the gradient is written over ``logits``."""
-        backward_into(logits, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
+        check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
+        check_no_overlap(logits)
+        run_backward_(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
 
     def fake_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
         return logits.new_empty(logits.shape)
 
     return RowStatsOps(
-        _register(prefix, row_stats, (), device_type, lambda logits, target, *_: fake_stats(logits, target)),
-        _register(f"{prefix}_backward", row_stats_backward, (), device_type, fake_backward),
-        _register(f"{prefix}_backward_", row_stats_backward_, ("logits",), device_type, lambda *_: None),
+        _register(prefix, row_stats, (), device_type, lambda logits, target, *_: fake_stats(logits, target),
+                  run_forward),
+        _register(f"{prefix}_backward", row_stats_backward, (), device_type, fake_backward, run_backward),
+        _register(f"{prefix}_backward_", row_stats_backward_, ("logits",), device_type, lambda *_: None,
+                  run_backward_),
     )
 
 
@@ -248,12 +268,7 @@ def define_single_pass_ops(
                   and grad.is_contiguous() and grad.device == logits.device, ValueError,
                   "grad must be a contiguous tensor of the logits' shape, dtype and device")
 
-    def with_grad(
-        logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int, lse_weight: Tensor
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Forward primitive plus the gradient for d loss / d lse = ``lse_weight``."""
-        check_forward(logits, target, uniform, k, device_type)
-        check_grad_inputs(logits, lse_weight)
+    def run_with_grad(logits, target, uniform, k, ignore_index, lse_weight):
         B, T, _ = logits.shape
         with device_guard(logits.device):
             out = new_stats(logits, B * T)
@@ -262,8 +277,24 @@ def define_single_pass_ops(
                 launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=lse_weight, grad=grad)
         return (*out, grad)
 
+    def with_grad(
+        logits: Tensor, target: Tensor, uniform: Optional[Tensor], k: int, ignore_index: int, lse_weight: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Forward primitive plus the gradient for d loss / d lse = ``lse_weight``."""
+        check_forward(logits, target, uniform, k, device_type)
+        check_grad_inputs(logits, lse_weight)
+        return run_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
+
     def fake_with_grad(logits, target, uniform, k, ignore_index, lse_weight):
         return (*fake_stats(logits, target), logits.new_empty(logits.shape))
+
+    def run_with_grad_backward_(grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
+                                grad_sample, ignore_index):
+        B, T, _ = logits.shape
+        if B * T:
+            with device_guard(logits.device):
+                launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
+                                ignore_index, lse_weight=lse_weight)
 
     def with_grad_backward_(
         grad: Tensor, logits: Tensor, target: Tensor, sample_index: Tensor, lse: Tensor, lse_weight: Tensor,
@@ -272,16 +303,13 @@ def define_single_pass_ops(
         """Completes ``grad`` (from the forward with the same ``lse_weight``) in place."""
         check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
         check_grad_inputs(logits, lse_weight, grad)
-        B, T, _ = logits.shape
-        if B * T == 0:
-            return
-        with device_guard(logits.device):
-            launch_backward(grad, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample,
-                            ignore_index, lse_weight=lse_weight)
+        run_with_grad_backward_(grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
+                                grad_sample, ignore_index)
 
     return SinglePassOps(
-        _register(prefix, with_grad, (), device_type, fake_with_grad),
-        _register(f"{prefix}_backward_", with_grad_backward_, ("grad",), device_type, lambda *_: None),
+        _register(prefix, with_grad, (), device_type, fake_with_grad, run_with_grad),
+        _register(f"{prefix}_backward_", with_grad_backward_, ("grad",), device_type, lambda *_: None,
+                  run_with_grad_backward_),
     )
 
 
@@ -289,7 +317,10 @@ class NativeRowStats(RowStatsBackend):
     """Base class of the compiled backends: calls the ops of :func:`define_row_stats_ops`.
 
     Subclasses set ``name``, ``ops`` (what :func:`define_row_stats_ops`
-    returned) and implement :meth:`status`.
+    returned) and implement :meth:`status`. The methods take arguments
+    already in the layout of :mod:`cringe_kernels.backends.base` (the losses
+    make it) and call the ops without repeating their argument checks; the
+    ops themselves, called by name, check everything.
     """
 
     ops: RowStatsOps
@@ -302,7 +333,7 @@ class NativeRowStats(RowStatsBackend):
 
     @torch.no_grad()
     def forward(self, logits, target, uniform, k, ignore_index) -> RowStats:
-        return RowStats(*self.ops.forward(logits, target, uniform, k, ignore_index))
+        return RowStats(*self.ops.forward.unchecked(logits, target, uniform, k, ignore_index))
 
     # What define_single_pass_ops returned, for a backend with a single pass.
     single_pass_ops: Optional[SinglePassOps] = None
@@ -315,7 +346,7 @@ class NativeRowStats(RowStatsBackend):
     def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):
         if self.single_pass_ops is None:
             return super().forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
-        *stats, grad = self.single_pass_ops.forward(logits, target, uniform, k, ignore_index, lse_weight)
+        *stats, grad = self.single_pass_ops.forward.unchecked(logits, target, uniform, k, ignore_index, lse_weight)
         return RowStats(*stats), grad
 
     @torch.no_grad()
@@ -324,14 +355,14 @@ class NativeRowStats(RowStatsBackend):
         if self.single_pass_ops is None or grad is None:
             return super().backward_with_grad(grad, logits, target, sample_index, lse, lse_weight, grad_lse,
                                               grad_target, grad_sample, ignore_index)
-        self.single_pass_ops.backward_(grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
-                                       grad_sample, ignore_index)
+        self.single_pass_ops.backward_.unchecked(grad, logits, target, sample_index, lse, lse_weight, grad_lse,
+                                                 grad_target, grad_sample, ignore_index)
         return grad
 
     @torch.no_grad()
     def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):
         args = (target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
         if inplace:
-            self.ops.backward_(logits, *args)
+            self.ops.backward_.unchecked(logits, *args)
             return logits
-        return self.ops.backward(logits, *args)
+        return self.ops.backward.unchecked(logits, *args)
