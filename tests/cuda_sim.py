@@ -20,6 +20,9 @@ CUDA headers (``cuda_runtime_api.h``, ``cuda_fp16.h``, ``cuda_bf16.h``) and
 pybind11 (in the ``test`` extra); without them the backend reports itself
 unavailable and its tests skip, unless ``CRINGE_KERNELS_FORCE_CUDA=1`` (as in
 CI), which turns that into an error.
+
+``CRINGE_KERNELS_SIM_CSRC=<dir>`` builds from another copy of ``csrc``
+(test_simt_mutations.py: the kernels with a bug put in on purpose).
 """
 
 from __future__ import annotations
@@ -38,11 +41,15 @@ from cringe_kernels.backends.base import BackendStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMT = os.path.join(ROOT, "tests", "simt")
+CSRC = os.environ.get("CRINGE_KERNELS_SIM_CSRC") or os.path.join(ROOT, "csrc")
 KERNEL_SOURCES = ["csrc/cuda/forward.cu", "csrc/cuda/backward.cu"]
 HOST_SOURCES = ["csrc/bindings/cuda_module.cpp", "tests/simt/simt_runtime.cpp"]
 
 sys.path.insert(0, os.path.join(ROOT, "csrc"))
 from cringe_build import find_cuda_home  # noqa: E402
+
+sys.path.insert(0, SIMT)
+import shared_decls  # noqa: E402
 
 
 def _cuda_include():
@@ -54,34 +61,45 @@ def _cuda_include():
     return None
 
 
-def _flags(cuda_include: str):
+def _flags(cuda_include: str, csrc: str):
     import pybind11
 
     return ["-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas",
-            "-DCRINGE_CUDA_ARCHS=\"simt\"", "-I", os.path.join(ROOT, "csrc", "include"), "-I", os.path.join(ROOT, "csrc"),
+            "-DCRINGE_CUDA_ARCHS=\"simt\"", "-I", os.path.join(csrc, "include"), "-I", csrc,
             "-I", SIMT, "-I", cuda_include, "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"]]
 
 
-def _source_hash(cxx: str, flags) -> str:
+def _source_hash(cxx: str, flags, csrc: str) -> str:
     h = hashlib.sha256(" ".join([cxx, *flags, sys.version]).encode())
-    for top in ("csrc", "tests/simt"):
-        for d, _, files in sorted(os.walk(os.path.join(ROOT, top))):
+    for top in (csrc, SIMT):
+        for d, _, files in sorted(os.walk(top)):
             for f in sorted(files):
-                if f.endswith((".h", ".cuh", ".cu", ".cpp")):
+                if f.endswith((".h", ".cuh", ".cu", ".cpp", ".py")):
                     with open(os.path.join(d, f), "rb") as fh:
                         h.update(f.encode() + fh.read())
     return h.hexdigest()[:16]
 
 
 def _compile(cxx, flags, out_dir, sources, name):
-    """Compile ``sources`` in parallel into ``out_dir`` and link the shared library ``name``."""
+    """Compile ``sources`` (absolute paths) in parallel into ``out_dir`` and link the shared library ``name``."""
     jobs = []
     for src in sources:
         obj = os.path.join(out_dir, name + "." + os.path.basename(src) + ".o")
-        # The .cu files see the simulator first: it replaces the CUDA keywords.
-        sim = ["-DCRINGE_SIMT_HOST", "-include", os.path.join(SIMT, "simt_host.h"), "-x", "c++"] \
-            if src.endswith(".cu") else []
-        cmd = [cxx, *flags, *sim, "-c", os.path.join(ROOT, src), "-o", obj]
+        path = src
+        sim = []
+        if src.endswith(".cu"):
+            # The .cu files see the simulator first: it replaces the CUDA
+            # keywords; their __shared__ declarations are rewritten, and the
+            # thread instrumentation's hooks let threads take turns at shared
+            # memory accesses (tests/simt/simt_host.h). ASan excludes it.
+            path = obj[:-2] + ".cpp"
+            with open(src) as f, open(path, "w") as out:
+                out.write(shared_decls.rewrite(f.read(), src))
+            sim = ["-DCRINGE_SIMT_HOST", "-include", os.path.join(SIMT, "simt_host.h"), "-iquote",
+                   os.path.dirname(src)]
+            if not asan_enabled():
+                sim += ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0"]
+        cmd = [cxx, *flags, *sim, "-c", path, "-o", obj]
         jobs.append((cmd, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     for cmd, _, proc in jobs:
         log, _ = proc.communicate()
@@ -125,26 +143,30 @@ def asan_preload():
     return " ".join(paths)
 
 
-def build(what: str = "module") -> str:
+def build(what: str = "module", csrc: str = CSRC) -> str:
     """Path of a simulator build, rebuilt when the sources change.
 
     ``what="module"``: ``_C_cuda`` from the shipped kernels and binding;
     ``what="selftest"``: the simulator's own test kernels (tests/simt/selftest.cu).
     With :func:`asan_enabled`, the AddressSanitizer build of either.
+    ``csrc``: the directory that stands for the repository's ``csrc``.
     """
     cuda_include = _cuda_include()
     if cuda_include is None:
         raise RuntimeError("the CUDA headers were not found (CUDA_HOME)")
     cxx = os.environ.get("CXX", "g++")
-    flags = _flags(cuda_include)
+    flags = _flags(cuda_include, csrc)
     if asan_enabled():
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
-    out_dir = os.path.join(ROOT, "build", "cuda_sim", _source_hash(cxx, flags))
+    out_dir = os.path.join(ROOT, "build", "cuda_sim", _source_hash(cxx, flags, csrc))
     os.makedirs(out_dir, exist_ok=True)
     if what == "module":
-        name, sources = "_C_cuda" + sysconfig.get_config_var("EXT_SUFFIX"), KERNEL_SOURCES + HOST_SOURCES
+        name = "_C_cuda" + sysconfig.get_config_var("EXT_SUFFIX")
+        sources = [os.path.join(csrc, s[len("csrc/"):]) if s.startswith("csrc/") else os.path.join(ROOT, s)
+                   for s in KERNEL_SOURCES + HOST_SOURCES]
     else:
-        name, sources = "libsimt_selftest.so", ["tests/simt/selftest.cu", "tests/simt/simt_runtime.cpp"]
+        name = "libsimt_selftest.so"
+        sources = [os.path.join(SIMT, "selftest.cu"), os.path.join(SIMT, "simt_runtime.cpp")]
     target = os.path.join(out_dir, name)
     with open(os.path.join(out_dir, "lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -4,7 +4,10 @@ test_cuda_backend.py trusts it to execute the kernels as a GPU would, so it
 must compute a correct block reduction and a segmented shuffle right, and
 must report, not paper over, what would hang or misbehave on the hardware:
 warp operations in divergent code, a shuffle waiting on a barrier, reads
-of uninitialised shared memory, and launches the hardware refuses.
+of uninitialised shared memory (dynamic, and static in every block, not only
+the first), lost updates of a plain read-modify-write that atomicAdd
+prevents, shared accesses outside every variable, and launches the hardware
+refuses. test_simt_mutations.py shows the same on the shipped kernels.
 
 Its AddressSanitizer build is the CPU counterpart of compute-sanitizer's
 memcheck: the last tests run every edge case of benchmarks/sanitizer_case.py
@@ -78,6 +81,42 @@ def test_uninitialised_dynamic_shared_memory_reads_nan(selftest):
     assert np.isnan(out).all()
 
 
+def test_static_shared_memory_is_uninitialised_in_every_block(selftest):
+    # Block 0 writes 1 everywhere after reading; blocks 1 and 2 still find NaN.
+    rc, out, msg = selftest(9, out_size=3 * 64)
+    assert rc == CUDA_SUCCESS, msg
+    assert np.isnan(out).all(), out
+
+
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "shuffle"])
+def test_a_plain_read_modify_write_loses_updates_and_atomic_add_does_not(selftest, schedule, monkeypatch):
+    monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", schedule)
+    rc, out, msg = selftest(10, out_size=2)
+    assert rc == CUDA_SUCCESS, msg
+    assert out[1] == 128 and out[0] < 128, out
+
+
+def test_a_shared_access_outside_every_variable_is_reported(selftest):
+    rc, _, msg = selftest(11, out_size=32)
+    assert rc == -1 and "thread 0 of block 0" in msg and "outside every variable" in msg, msg
+
+
+def test_more_static_shared_memory_than_ptxas_allows_is_reported(selftest):
+    rc, _, msg = selftest(12, out_size=32)
+    assert rc == -1 and "48 KiB of static __shared__" in msg, msg
+
+
+def test_shared_declarations_the_rewrite_cannot_read_are_refused():
+    shared_decls = cuda_sim.shared_decls
+    text = "  __shared__ RowTopK<Acc, 2> sh;  // state\n  __shared__ decltype(f(Acc(0))) seed[32][2];\nint x;"
+    out = shared_decls.rewrite(text, "k.cu").split("\n")
+    assert out == ['#line 1 "k.cu"', "  auto& sh = ::simt::shared_variable<RowTopK<Acc, 2>>([] {});  // state",
+                   "  auto& seed = ::simt::shared_variable<decltype(f(Acc(0)))[32][2]>([] {});", "int x;"]
+    for bad in ("__shared__ int a, b;", "__shared__ int a = 0;", "__shared__ x;"):
+        with pytest.raises(ValueError, match="k.cu:1: the simulator rewrites only"):
+            shared_decls.rewrite(bad, "k.cu")
+
+
 def test_a_race_shows_as_a_schedule_dependent_result(selftest, monkeypatch):
     seen = []
     for schedule in ("forward", "reverse"):
@@ -85,7 +124,7 @@ def test_a_race_shows_as_a_schedule_dependent_result(selftest, monkeypatch):
         rc, out, msg = selftest(8)
         assert rc == CUDA_SUCCESS, msg
         seen.append(float(out[0]))
-    assert seen == [1.0, -1.0]
+    assert seen[0] == 1.0 and np.isnan(seen[1]), seen
     monkeypatch.setenv("CRINGE_SIMT_SCHEDULE", "sideways")
     rc, _, msg = selftest(8)
     assert rc == -1 and "CRINGE_SIMT_SCHEDULE" in msg

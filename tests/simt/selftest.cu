@@ -2,10 +2,12 @@
 // correct block reduction, a warp shuffle with a segment width, and the
 // mistakes it must report instead of computing something: warp operations
 // in divergent code, a deadlock between a warp operation and a barrier,
-// uninitialised shared memory, launch configurations the hardware refuses,
-// a race that only the schedule exposes, and (in the AddressSanitizer build)
-// a read past a buffer's end. Compiled
-// only for the simulator (CRINGE_SIMT_HOST).
+// uninitialised shared memory (dynamic, and static in every block), launch
+// configurations the hardware refuses, a race that only the schedule
+// exposes, a plain read-modify-write that loses updates where atomicAdd
+// does not, shared accesses outside every variable, too much static shared
+// memory, and (in the AddressSanitizer build) a read past a buffer's end.
+// Compiled only for the simulator (CRINGE_SIMT_HOST).
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -68,13 +70,54 @@ __global__ void read_uninitialised_shared(float* out) {
 __global__ void noop(float*) {}
 
 // A race: thread 0 writes a shared value that thread 32 reads with no
-// barrier in between, so what thread 32 sees depends on the schedule.
+// barrier in between, so thread 32 sees 1 or the uninitialised NaN
+// depending on the schedule.
 __global__ void shared_race(float* out) {
   __shared__ float value;
-  if (threadIdx.x == 32) value = -1.f;
-  __syncthreads();
   if (threadIdx.x == 0) value = 1.f;
   if (threadIdx.x == 32) out[0] = value;
+}
+
+// out[blockIdx.x * 64 + t] = what thread t finds in a static shared array
+// before anything in its block wrote it; then the block writes 1 there.
+__global__ void read_static_shared_first(float* out) {
+  __shared__ float values[64];
+  out[blockIdx.x * 64 + threadIdx.x] = values[threadIdx.x];
+  __syncthreads();
+  values[threadIdx.x] = 1.f;
+}
+
+// Every thread adds 1 to two shared counters: out[0] by a plain
+// read-modify-write (a race), out[1] by atomicAdd.
+__global__ void count_plain_and_atomic(float* out) {
+  __shared__ int plain;
+  __shared__ int atomic;
+  if (threadIdx.x == 0) {
+    plain = 0;
+    atomic = 0;
+  }
+  __syncthreads();
+  plain = plain + 1;
+  atomicAdd(&atomic, 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    out[0] = static_cast<float>(plain);
+    out[1] = static_cast<float>(atomic);
+  }
+}
+
+// Thread 0 writes element -1 of a shared array.
+__global__ void write_before_shared_array(float* out) {
+  __shared__ float values[32];
+  values[static_cast<int>(threadIdx.x) - 1] = 0.f;
+  out[threadIdx.x] = 0.f;
+}
+
+// 52 KB of static shared memory: ptxas refuses it.
+__global__ void too_much_static_shared(float* out) {
+  __shared__ float values[13 * 1024];
+  values[threadIdx.x] = 0.f;
+  out[threadIdx.x] = values[threadIdx.x];
 }
 
 // Reads one element past the end of `in` (n elements): what the ASan build
@@ -101,6 +144,10 @@ extern "C" __attribute__((visibility("default"))) int simt_selftest(int which, f
       case 6: CRINGE_LAUNCH(1, 64, 64 * 1024, 0, noop)(out); break;
       case 7: CRINGE_LAUNCH(1, 32, 0, 0, read_past_the_end)(in, out, 1000); break;
       case 8: CRINGE_LAUNCH(1, 64, 0, 0, shared_race)(out); break;
+      case 9: CRINGE_LAUNCH(3, 64, 0, 0, read_static_shared_first)(out); break;
+      case 10: CRINGE_LAUNCH(1, 128, 0, 0, count_plain_and_atomic)(out); break;
+      case 11: CRINGE_LAUNCH(1, 32, 0, 0, write_before_shared_array)(out); break;
+      case 12: CRINGE_LAUNCH(1, 32, 0, 0, too_much_static_shared)(out); break;
       default: return -2;
     }
   } catch (const std::exception& e) {

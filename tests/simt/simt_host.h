@@ -3,24 +3,38 @@
 // Force-included (g++ -include) before each .cu file, which is then compiled
 // as C++ with CRINGE_SIMT_HOST defined: the kernels, launchers and binding
 // are the shipped sources; only the hardware and the CUDA runtime are
-// replaced. Every CUDA thread runs as a fiber (simt_runtime.cpp); a block's
-// fibers are scheduled cooperatively, one block at a time, so
+// replaced. The one change to the sources is mechanical: each whole-line
+// `__shared__ T name[...];` declaration of a .cu file becomes a reference
+// into the running block's shared memory (tests/simt/shared_decls.py); any
+// other __shared__ stops the build. Every CUDA thread runs as a fiber
+// (simt_runtime.cpp); a block's fibers are scheduled cooperatively, one block
+// at a time, so
 //   * __syncthreads() waits for every live thread of the block,
 //   * warp shuffles wait for every lane of the warp and exchange values,
 //   * a thread that waits where its block or warp never arrives (a barrier
 //     in divergent code, lanes at different warp operations) is reported as
 //     a std::runtime_error instead of a hang,
-//   * __shared__ arrays are shared by the threads of the running block, and
-//     dynamic shared memory is filled with NaN bytes before every block, so a
-//     read before write shows up in the results,
+//   * shared memory, static (__shared__) and dynamic, belongs to the running
+//     block and is filled with NaN bytes before every block, so a read
+//     before write shows up in the results; more than 48 KiB of static
+//     shared memory in a kernel is an error, as ptxas makes it,
+//   * an access to shared memory outside every variable is an error,
+//   * a thread steps aside before every access to shared memory (the .cu
+//     files are compiled with -fsanitize=thread and the runtime supplies
+//     the instrumentation's hooks), so the threads of a block take turns
+//     access by access, as a warp's lanes do: a plain read-modify-write of a
+//     shared counter by several threads loses updates, atomicAdd does not,
 //   * launches are checked like the hardware checks them (block size, grid,
 //     dynamic shared memory without opt-in).
-//   * the order in which threads run between two synchronisation points is
-//     forward, reverse or shuffled (CRINGE_SIMT_SCHEDULE), so a race between
-//     barriers shows up as results that change with the order.
+//   * the order in which threads run between two steps is forward, reverse
+//     or shuffled (CRINGE_SIMT_SCHEDULE), so a race between barriers shows up
+//     as results that change with the order.
 // Not modelled: timing, memory ordering between blocks (blocks run one after
-// another), and __activemask() (a lane sees only itself, as the kernels' own
-// pre-sm_80 path does). Only one-dimensional blocks and grids.
+// another), accesses to shared memory through memcpy (the cp.async copies
+// land at their wait), and __activemask() (a lane sees only itself, as the
+// kernels' own pre-sm_80 path does). Only one-dimensional blocks and grids.
+// The AddressSanitizer build cannot also carry the thread instrumentation:
+// there, threads step aside only at atomics, barriers and warp operations.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,6 +46,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <new>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -56,6 +71,27 @@ extern thread_local const ThreadContext* current;
 
 // Dynamic shared memory of the running block.
 unsigned char* dynamic_shared();
+
+// The running block's copy of the static __shared__ variable `key`: `bytes`
+// at `align`, laid out at the variable's first declaration in the launch and
+// NaN bytes at the start of every block.
+void* static_shared(const void* key, size_t bytes, size_t align);
+
+// `T name[...]` of a rewritten `__shared__ T name[...];` (one instantiation
+// per declaration: `Tag` is a lambda written there).
+template <class T, class Tag>
+T& shared_variable(Tag) {
+  static_assert(std::is_trivially_default_constructible<T>::value && std::is_trivially_destructible<T>::value,
+                "a __shared__ variable has no constructor or destructor");
+  static const char key = 0;
+  return *std::launder(static_cast<T*>(static_shared(&key, sizeof(T), alignof(T))));
+}
+
+// Called before every access of the running thread to `bytes` at `address`:
+// on shared memory, the thread steps aside (one access per turn), and an
+// access outside every shared variable and the dynamic shared memory (an
+// index of -1) is a std::runtime_error; elsewhere a no-op.
+void before_access(const volatile void* address, size_t bytes);
 
 // __syncthreads(); __syncthreads_or(pred) when `reduce_or` (the OR over the
 // block's threads of `pred` is returned to every thread).
@@ -132,8 +168,9 @@ T from_bits(uint64_t b) {
 #define __global__
 #define __device__
 #define __host__
-// One copy per OS thread that runs simulated blocks, shared by the block's fibers.
-#define __shared__ static thread_local
+// Declarations are rewritten before compiling (see the top of this file):
+// one left over is an error, not a variable shared by every block.
+#define __shared__ static_assert(false, "tests/simt: a __shared__ declaration that shared_decls.py did not rewrite");
 #define __launch_bounds__(...)
 
 #define threadIdx (::simt::current->thread_idx)
@@ -148,12 +185,9 @@ T from_bits(uint64_t b) {
 inline void __syncthreads() { ::simt::sync_block(); }
 inline int __syncthreads_or(int predicate) { return ::simt::sync_block(predicate != 0, true); }
 
-// Fibers never run at the same time, so a read-modify-write is atomic.
-inline int atomicAdd(int* address, int v) {
-  const int old = *address;
-  *address = old + v;
-  return old;
-}
+// One turn: a thread steps aside before the access, not between its read
+// and its write (simt_runtime.cpp, which is not instrumented).
+int atomicAdd(int* address, int v);
 
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 

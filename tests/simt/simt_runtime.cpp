@@ -2,19 +2,27 @@
 // calls the binding and the launchers make, so the simulated module links without libcudart.
 //
 // Each simulated CUDA thread is a fiber with its own stack. A block's fibers
-// run round-robin on the calling OS thread; a fiber runs until it finishes or
-// must wait (block barrier, warp operation) and then hands control back. A
-// full round in which no fiber arrives anywhere, finishes or is released is
-// a deadlock: every waiter is reported and the launch fails.
+// run round-robin on the calling OS thread; a fiber runs until it finishes,
+// must wait (block barrier, warp operation) or is about to access shared
+// memory, and then hands control back. A full round in which no fiber
+// arrives anywhere, accesses shared memory, finishes or is released is a
+// deadlock: every waiter is reported and the launch fails.
+//
+// This file is compiled without the thread instrumentation that the .cu
+// files carry: it supplies the instrumentation's hooks (__tsan_*), which
+// make a fiber step aside before each access to the running block's shared
+// memory and do nothing elsewhere.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,6 +60,10 @@ constexpr int kSharedPerSm = 228 * 1024;          // and per SM
 constexpr int kReservedSharedPerBlock = 1024;
 constexpr int kMaxThreadsPerSm = 2048;
 constexpr int kMaxBlocksPerSm = 32;
+constexpr size_t kMaxStaticShared = 48 * 1024;  // ptxas refuses more per kernel
+// Bytes on either side of a block's shared memory in which an access is
+// reported instead of landing in another allocation (an index of -1).
+constexpr size_t kSharedGuard = 64 * 1024;
 
 // Each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize.
 std::map<const void*, size_t>& dynamic_smem_limits() {
@@ -124,6 +136,10 @@ struct Fiber {
   ThreadContext ids;
   bool done = false;
   const char* waiting = nullptr;  // what it waits for, for the deadlock report
+  // Blocked while *wait_counter == wait_value (a barrier's or a warp's
+  // generation): the scheduler skips it without switching to it.
+  const uint64_t* wait_counter = nullptr;
+  uint64_t wait_value = 0;
   char* stack = nullptr;
   void* asan_fake_stack = nullptr;
 };
@@ -142,7 +158,14 @@ struct Block {
   std::unique_ptr<char[]> stacks;
   size_t stacks_for = 0;
   std::vector<Warp> warps;
-  std::vector<unsigned char> smem;
+  // Shared memory: kMaxStaticShared bytes for the static variables (laid out
+  // by the first block that declares them), then the dynamic bytes, with
+  // kSharedGuard bytes before and after (`smem` points past the first).
+  std::unique_ptr<unsigned char[]> allocation;
+  unsigned char* smem = nullptr;
+  size_t dynamic_bytes = 0;
+  std::vector<std::pair<const void*, size_t>> static_offsets;  // (key, offset)
+  size_t static_used = 0;
   int live = 0;
   int barrier_arrived = 0;
   uint64_t barrier_generation = 0;
@@ -160,6 +183,11 @@ struct Block {
 thread_local Block* g_block = nullptr;
 thread_local cudaError_t g_last_error = cudaSuccess;
 
+// One launch at a time in the process: the shared-memory range below is
+// global, so that the hooks test it without a thread-local lookup.
+std::mutex g_launch_mutex;
+std::atomic<uintptr_t> g_shared_lo{0}, g_shared_hi{0};
+
 // The fiber side of a switch to the scheduler and back.
 void to_scheduler(Block& b, Fiber& f) {
   SIMT_START_SWITCH(&f.asan_fake_stack, b.scheduler_stack, b.scheduler_stack_size);
@@ -173,6 +201,15 @@ void yield_waiting(const char* what) {
   f.waiting = what;
   to_scheduler(b, f);
   f.waiting = nullptr;
+}
+
+// Hands control back until *counter changes.
+void wait_for_change(const char* what, const uint64_t* counter) {
+  Fiber& f = *g_block->running;
+  f.wait_counter = counter;
+  f.wait_value = *counter;
+  while (*counter == f.wait_value) yield_waiting(what);
+  f.wait_counter = nullptr;
 }
 
 void release_barrier(Block& b) {
@@ -233,7 +270,9 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim, Schedule
     b.stacks_for = n;
   }
   b.warps.assign((n + 31) / 32, Warp{});
-  std::fill(b.smem.begin(), b.smem.end(), 0xFF);  // NaN in every float type
+  // NaN in every float type, in every static variable and the dynamic bytes.
+  std::memset(b.smem, 0xFF, b.static_used);
+  std::memset(b.smem + kMaxStaticShared, 0xFF, b.dynamic_bytes);
   b.live = n;
   b.barrier_arrived = 0;
   b.barrier_or = 0;
@@ -261,13 +300,14 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim, Schedule
     }
     for (int t : order) {
       Fiber& f = b.fibers[t];
-      if (f.done) continue;
+      if (f.done || (f.wait_counter != nullptr && *f.wait_counter == f.wait_value)) continue;
       b.running = &f;
       current = &f.ids;
       void* scheduler_fake_stack = nullptr;
       SIMT_START_SWITCH(&scheduler_fake_stack, f.stack, kStackBytes);
       switch_context(b.scheduler, f.ctx);
       SIMT_FINISH_SWITCH(scheduler_fake_stack, nullptr, nullptr);
+      b.running = nullptr;
       if (b.error) break;
     }
     b.running = nullptr;
@@ -279,11 +319,42 @@ void run_block(Block& b, dim3 block_idx, dim3 block_dim, dim3 grid_dim, Schedule
 
 }  // namespace
 
-unsigned char* dynamic_shared() { return g_block->smem.data(); }
+unsigned char* dynamic_shared() { return g_block->smem + kMaxStaticShared; }
+
+void* static_shared(const void* key, size_t bytes, size_t align) {
+  Block& b = *g_block;
+  for (const auto& [k, offset] : b.static_offsets) {
+    if (k == key) return b.smem + offset;
+  }
+  align = std::max<size_t>(align, 16);
+  const size_t offset = (b.static_used + align - 1) / align * align;
+  if (offset + bytes > kMaxStaticShared) {
+    throw std::runtime_error("simt: more than 48 KiB of static __shared__ memory in one kernel");
+  }
+  b.static_offsets.emplace_back(key, offset);
+  b.static_used = offset + bytes;
+  return b.smem + offset;  // still NaN bytes: nothing used them in this launch
+}
+
+void before_access(const volatile void* address, size_t bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(address);
+  if (a < g_shared_lo.load(std::memory_order_relaxed) || a >= g_shared_hi.load(std::memory_order_relaxed)) return;
+  Block* b = g_block;
+  if (b == nullptr || b->running == nullptr) return;  // the scheduler's own poisoning
+  const auto base = reinterpret_cast<uintptr_t>(b->smem);
+  const bool in_static = a >= base && a + bytes <= base + b->static_used;
+  const bool in_dynamic = a >= base + kMaxStaticShared && a + bytes <= base + kMaxStaticShared + b->dynamic_bytes;
+  if (!in_static && !in_dynamic) {
+    throw std::runtime_error("simt: thread " + std::to_string(current->thread_idx.x) + " of block " +
+                             std::to_string(current->block_idx.x) + " accesses " + std::to_string(bytes) +
+                             " bytes of shared memory outside every variable and the dynamic shared memory");
+  }
+  ++b->progress;
+  yield_waiting("a shared memory access");
+}
 
 int sync_block(int pred, bool reduce_or) {
   Block& b = *g_block;
-  const uint64_t gen = b.barrier_generation;
   ++b.progress;
   b.barrier_or |= pred;
   if (++b.barrier_arrived >= b.live) {
@@ -292,7 +363,7 @@ int sync_block(int pred, bool reduce_or) {
     // runs first after the barrier.
     yield_waiting("a released __syncthreads");
   } else {
-    while (b.barrier_generation == gen) yield_waiting(reduce_or ? "__syncthreads_or" : "__syncthreads");
+    wait_for_change(reduce_or ? "__syncthreads_or" : "__syncthreads", &b.barrier_generation);
   }
   // Safe to read: the result changes only at the next release, which needs
   // this thread to arrive again.
@@ -318,7 +389,6 @@ void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32])
     throw std::logic_error(std::string("simt: lane ") + std::to_string(lane) + " calls " + op + " while its warp is in " +
                            w.op + " (divergent warp operations)");
   }
-  const uint64_t gen = w.generation;
   w.slot[lane] = mine;
   ++b.progress;
   if (++w.arrived == lanes) {
@@ -329,7 +399,7 @@ void warp_gather(uint64_t mine, unsigned mask, const char* op, uint64_t all[32])
     yield_waiting("a completed warp operation");  // as after a barrier
     return;
   } else {
-    while (w.generation == gen) yield_waiting(op);
+    wait_for_change(op, &w.generation);
   }
   // Safe to read: `result` changes only when every lane, this one included,
   // has arrived at the next operation.
@@ -348,22 +418,98 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, const void* kernel, cons
     return;
   }
   if (g_block != nullptr) throw std::logic_error("simt: a kernel launched from inside a kernel");
+  std::lock_guard<std::mutex> one_launch(g_launch_mutex);
   Block b;
-  b.smem.assign(dynamic_smem, 0xFF);
+  b.allocation.reset(new unsigned char[kSharedGuard + kMaxStaticShared + dynamic_smem + kSharedGuard]);
+  std::memset(b.allocation.get(), 0xFF, kSharedGuard + kMaxStaticShared + dynamic_smem + kSharedGuard);
+  b.smem = b.allocation.get() + kSharedGuard;
+  b.dynamic_bytes = dynamic_smem;
   b.body = &body;
   g_block = &b;
+  const auto lo = reinterpret_cast<uintptr_t>(b.allocation.get());
+  g_shared_lo.store(lo);
+  g_shared_hi.store(lo + kSharedGuard + kMaxStaticShared + dynamic_smem + kSharedGuard);
+  auto leave = [&] {
+    g_shared_lo.store(0);
+    g_shared_hi.store(0);
+    g_block = nullptr;
+    current = nullptr;
+  };
   try {
     const Schedule schedule = schedule_from_env();
     for (unsigned i = 0; i < grid.x; ++i) run_block(b, dim3(i), block, grid, schedule);
   } catch (...) {
-    g_block = nullptr;
-    current = nullptr;
+    leave();
     throw;
   }
-  g_block = nullptr;
+  leave();
 }
 
 }  // namespace simt
+
+int atomicAdd(int* address, int v) {
+  simt::before_access(address, sizeof(int));
+  const int old = *address;
+  *address = old + v;
+  return old;
+}
+
+// ---- The hooks of -fsanitize=thread (GCC's instrumentation of the .cu files)
+extern "C" {
+#define SIMT_ACCESS_HOOKS(n)                                                         \
+  void __tsan_read##n(void* a) { simt::before_access(a, n); }                       \
+  void __tsan_write##n(void* a) { simt::before_access(a, n); }                      \
+  void __tsan_unaligned_read##n(void* a) { simt::before_access(a, n); }             \
+  void __tsan_unaligned_write##n(void* a) { simt::before_access(a, n); }            \
+  void __tsan_volatile_read##n(void* a) { simt::before_access(a, n); }              \
+  void __tsan_volatile_write##n(void* a) { simt::before_access(a, n); }
+SIMT_ACCESS_HOOKS(1)
+SIMT_ACCESS_HOOKS(2)
+SIMT_ACCESS_HOOKS(4)
+SIMT_ACCESS_HOOKS(8)
+SIMT_ACCESS_HOOKS(16)
+#undef SIMT_ACCESS_HOOKS
+void __tsan_read_range(void* a, unsigned long n) { simt::before_access(a, n); }
+void __tsan_write_range(void* a, unsigned long n) { simt::before_access(a, n); }
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_read(void**) {}
+void __tsan_vptr_update(void**, void*) {}
+// The host code's std::atomic (common.cuh) and static guards: sequentially
+// consistent, like the operations they stand for at their strongest.
+#define SIMT_ATOMIC_HOOKS(bits)                                                                            \
+  uint##bits##_t __tsan_atomic##bits##_load(const volatile uint##bits##_t* a, int) {                       \
+    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                          \
+  }                                                                                                       \
+  void __tsan_atomic##bits##_store(volatile uint##bits##_t* a, uint##bits##_t v, int) {                    \
+    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                             \
+  }                                                                                                       \
+  uint##bits##_t __tsan_atomic##bits##_exchange(volatile uint##bits##_t* a, uint##bits##_t v, int) {       \
+    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                   \
+  }                                                                                                       \
+  uint##bits##_t __tsan_atomic##bits##_fetch_add(volatile uint##bits##_t* a, uint##bits##_t v, int) {      \
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                    \
+  }                                                                                                       \
+  uint##bits##_t __tsan_atomic##bits##_fetch_sub(volatile uint##bits##_t* a, uint##bits##_t v, int) {      \
+    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                    \
+  }                                                                                                       \
+  int __tsan_atomic##bits##_compare_exchange_strong(volatile uint##bits##_t* a, uint##bits##_t* expected,  \
+                                                   uint##bits##_t desired, int, int) {                     \
+    return __atomic_compare_exchange_n(a, expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);   \
+  }                                                                                                       \
+  int __tsan_atomic##bits##_compare_exchange_weak(volatile uint##bits##_t* a, uint##bits##_t* expected,    \
+                                                 uint##bits##_t desired, int, int) {                       \
+    return __atomic_compare_exchange_n(a, expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);   \
+  }
+SIMT_ATOMIC_HOOKS(8)
+SIMT_ATOMIC_HOOKS(16)
+SIMT_ATOMIC_HOOKS(32)
+SIMT_ATOMIC_HOOKS(64)
+#undef SIMT_ATOMIC_HOOKS
+void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+}  // extern "C"
 
 // ---- The CUDA runtime calls of csrc/bindings/cuda_module.cpp ----------------
 extern "C" {
@@ -393,7 +539,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   }
 }
 
-// Static shared memory is not known here (it is thread_local storage), so
+// Static shared memory is laid out only when a block declares it, so
 // sharedSizeBytes is 0: the kernels may ask for the whole opt-in limit.
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
   if (func == nullptr) return cudaErrorInvalidValue;
