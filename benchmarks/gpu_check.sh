@@ -4,7 +4,7 @@
 # against a float64 reference, then the benchmark's standard sweep with its
 # baselines. Everything lands in OUT_DIR.
 #
-#   benchmarks/gpu_check.sh OUT_DIR
+#   benchmarks/gpu_check.sh OUT_DIR [all|checks|numbers]
 #
 # Expects a machine with a CUDA GPU, torch + triton, nvcc and pybind11, and
 # no internet: it installs nothing from an index (the build uses
@@ -15,25 +15,30 @@
 # exported: every kernel runs with the package's own choices
 # (cringe_kernels/backends/heuristics.py).
 #
-# Expected times on an H100 (seconds; from the runs in benchmarks/results/:
-# cuda-h100-6 and -7 for the build, the GPU tests, the sanitizers, the tune
-# and the host step; the rest estimated from those), about 12 minutes:
+# Expected times on an H100 (seconds; the build, GPU tests, sanitizer, tune
+# and host times are those of the runs in benchmarks/results/cuda-h100-6 and
+# -7 scaled to today's 24 kernels and sanitizer cases; the rest estimated):
 #
 #   step         expected  limit  what
 #   environment        10     60  versions, GPU, git commit
 #   wheels             10     60  .whl/*.whl (baselines: Liger, CCE, transformers)
 #   build              60    180  pip install -e . with nvcc (24 kernels x 2 archs)
+#   info               10     60  python -m cringe_kernels.info
 #   tests             200    330  the whole suite, pytest.xml (GPU tests ~90 s on
-#                                 6 workers; the simulator's tests ~100 s of CPU)
-#   memcheck          150    270  CUDA: every kernel path x dtype; N*V > 2^31;
-#                                 Triton: the quick cases
-#   racecheck          90    150  CUDA: the quick cases, 0 hazards required
+#                                 8 workers; the simulator's tests ~100 s of CPU)
+#   memcheck          170    300  CUDA: every kernel path x dtype (~110 s);
+#                                 N*V > 2^31 (~25 s); Triton, quick cases (~40 s)
+#   racecheck          80    150  CUDA: the quick cases, 0 hazards required
 #   goal               40    120  N=16384, V=128256 bf16: loss, gradient, samples
 #                                 of cuda and triton vs float64 on 64 rows
 #   bench             170    260  V {32000,128256,256000} x N {4096,16384} x
 #                                 bf16/fp32, binary + pairwise, with baselines
 #   host               25     60  host time per call (benchmarks/host_overhead.py)
 #   tune               45    120  only with GPU_CHECK_TUNE=1: kernel_tune.py
+#
+# About 13 minutes in all. Where one call cannot hold that, run
+# `gpu_check.sh OUT checks` (build to goal, ~10.5 min) and then
+# `gpu_check.sh OUT2 numbers` (build, bench, host, ~4.5 min).
 #
 # OUT_DIR receives gpu_check.log (everything printed), env.txt, build.log,
 # info.txt, pytest.log + pytest.xml, memcheck.log, racecheck.log, goal.txt,
@@ -49,10 +54,12 @@
 
 set -u -o pipefail
 
-if [ $# -ne 1 ]; then
-  echo "usage: $0 OUT_DIR" >&2
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+  echo "usage: $0 OUT_DIR [all|checks|numbers]" >&2
   exit 2
 fi
+PHASE="${2:-all}"
+case "$PHASE" in all|checks|numbers) ;; *) echo "unknown phase '$PHASE'" >&2; exit 2 ;; esac
 mkdir -p "$1"
 OUT="$(cd "$1" && pwd)"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -60,10 +67,15 @@ cd "$REPO"
 
 BUILD_S="${GPU_CHECK_BUILD_S:-180}"
 TESTS_S="${GPU_CHECK_TESTS_S:-330}"
-MEMCHECK_S="${GPU_CHECK_MEMCHECK_S:-270}"
+MEMCHECK_S="${GPU_CHECK_MEMCHECK_S:-300}"
 RACECHECK_S="${GPU_CHECK_RACECHECK_S:-150}"
 BENCH_BUDGET_S="${GPU_CHECK_BENCH_S:-170}"
 SKIP=" ${GPU_CHECK_SKIP:-} "
+# The phase leaves out the other phase's steps.
+case "$PHASE" in
+  checks) SKIP="$SKIP bench host tune " ;;
+  numbers) SKIP="$SKIP tests memcheck racecheck goal " ;;
+esac
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 # nvcc and compute-sanitizer often live only in the toolkit's folder.
 for d in "${CUDA_HOME:-}/bin" /usr/local/cuda/bin; do
@@ -83,7 +95,7 @@ step() {
   shift 2
   local start rc
   case "$SKIP" in *" $name "*)
-    echo "=== step '$name' skipped (GPU_CHECK_SKIP)"
+    echo "=== step '$name' skipped (phase $PHASE, GPU_CHECK_SKIP)"
     echo "$name rc=skipped" >> "$OUT/steps.txt"
     return 0 ;;
   esac
