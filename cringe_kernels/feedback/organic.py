@@ -108,7 +108,7 @@ class OrganicRound:
         Those the filter kept (train on these).
     stats : dict
         ``labelled``, ``kept``, ``kept_accuracy`` (share of kept labels that
-        are true), ``wrong_labels`` (share of this round's labels that are
+        are true; None when nothing is kept), ``wrong_labels`` (share of this round's labels that are
         wrong), ``adversarial_dropped`` / ``adversarial_users`` (adversarial
         users seen so far and how many the filter drops), ``helpers_dropped``,
         ``threshold``.
@@ -188,7 +188,7 @@ class OrganicFeedback:
         adversarial = {u for u, t in seen.items() if t != "helper"}
         return dict(
             labelled=len(records), kept=len(kept),
-            kept_accuracy=float(np.mean([r["label"] == r["true_label"] for r in kept])) if kept else float("nan"),
+            kept_accuracy=float(np.mean([r["label"] == r["true_label"] for r in kept])) if kept else None,
             wrong_labels=float(np.mean([r["label"] != r["true_label"] for r in records])) if records else 0.0,
             adversarial_users=len(adversarial), adversarial_dropped=len(adversarial & dropped_users),
             helpers_dropped=len(dropped_users - adversarial), threshold=threshold)
