@@ -61,11 +61,11 @@ _MIN_BUFFER_BYTES = 64 << 20
 # Chunks above this many rows are cut to a multiple of it (whole matmul tiles).
 _ROW_MULTIPLE = 64
 
-# Backward residual rules: how the rows whose d loss / d lse was not folded
-# into the gradient in the forward are found.
+# How the backward finds the rows whose d loss / d lse is not in the
+# gradients folded in the forward (the details' lse is apart: see
+# _LinearRowStats).
 _TRUST = "trust"  # the loss's structure guarantees there are none
-_CHECK = "check"  # find them (one host wait), recompute only those rows
-_ALL = "all"  # recompute every row
+_ALL = "all"  # every row may have some: recompute them all
 
 
 def choose_chunk_size(num_rows: int, vocab_size: int, hidden_size: int, dtype: torch.dtype) -> int:
@@ -265,10 +265,10 @@ def _forward_fake(hidden, weight, bias, target, uniform, lse_weight, k, ignore_i
 @torch.no_grad()
 def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, sample_index: Tensor,
                    lse: Tensor, target_logit: Tensor, sample_logit: Tensor, lse_weight: Optional[Tensor],
-                   grad_lse: Tensor, grad_target: Tensor, grad_sample: Tensor, fold_hidden: Tensor,
-                   fold_weight: Tensor, fold_bias: Tensor, folded: bool, residual: str, ignore_index: int,
-                   backend: str, logit_scale: float, logit_softcap: float, chunk_size: int, need_hidden: bool,
-                   need_weight: bool, need_bias: bool, reuse: bool = False):
+                   grad_lse: Tensor, grad_target: Tensor, grad_sample: Tensor, grad_detail: Optional[Tensor],
+                   fold_hidden: Tensor, fold_weight: Tensor, fold_bias: Tensor, folded: bool, residual: str,
+                   ignore_index: int, backend: str, logit_scale: float, logit_softcap: float, chunk_size: int,
+                   need_hidden: bool, need_weight: bool, need_bias: bool, reuse: bool = False):
     """Gradients of ``hidden``, ``weight`` and ``bias`` from the statistics' gradients.
 
     With ``folded``, ``fold_*`` hold the forward's gradients for
@@ -276,8 +276,10 @@ def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targe
     ``c`` (the least-squares ratio of ``grad_lse`` to ``lse_weight``; exact
     when one is a multiple of the other, as the loss's structure ensures),
     written over ``fold_*`` when ``reuse`` (eager calls only: a registered op
-    may not return its inputs). The rest of ``d loss / d lse`` (``residual``
-    says where it may be nonzero) is recomputed chunk by chunk; the target
+    may not return its inputs). The rest of ``d loss / d lse`` (nonzero on
+    every row for ``residual="all"``, on none for ``"trust"``) and
+    ``grad_detail`` (the gradient of the details' copy of ``lse``, None when
+    nothing reached it) are recomputed chunk by chunk; the target
     and sampled columns are added by gathers of ``weight`` rows and
     accumulating ``index_put_`` (which sums in float32 for 16-bit weights
     on a GPU).
@@ -296,13 +298,13 @@ def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targe
     if folded:
         w = lse_weight
         scale_up = (grad_lse * w).sum() / (w * w).sum().clamp(min=torch.finfo(sd).tiny)
-        residual_coef = grad_lse - scale_up * w
+        residual_coef = grad_lse - scale_up * w if residual == _ALL else None
         if reuse:
             gh, gw, gb = fold_hidden.mul_(scale_up), fold_weight.mul_(scale_up), fold_bias.mul_(scale_up)
         else:
             gh, gw, gb = fold_hidden * scale_up, fold_weight * scale_up, fold_bias * scale_up
     else:
-        residual_coef = grad_lse
+        residual_coef = grad_lse if residual == _ALL else None
         gh = hidden.new_zeros((N, D)) if need_hidden else _empty(hidden)
         gw = torch.zeros_like(weight) if need_weight else _empty(weight)
         gb = weight.new_zeros((V,), dtype=sd) if need_bias else _empty(weight, sd)
@@ -310,17 +312,19 @@ def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targe
     rows_per_chunk = max(1, min(chunk_size, N))
 
     # Dense part: the rows whose d loss / d lse is not in the folded gradients.
+    if grad_detail is not None:
+        grad_detail = torch.where(in_range, grad_detail, 0.0)
+        residual_coef = grad_detail if residual_coef is None else residual_coef + grad_detail
     redo, count = None, 0
-    if residual == _ALL and hidden.device.type != "cpu":
+    if residual_coef is None:
+        pass
+    elif residual == _ALL and hidden.device.type != "cpu":
         count = N  # every row, without a host wait
-    elif residual == _CHECK or residual == _ALL:
-        # _CHECK: the caller accepts the one host wait; _ALL on the CPU costs
-        # none and skips rows with nothing to add (negative rows).
-        if folded:
-            off = residual_coef.abs() > 32 * torch.finfo(sd).eps * grad_lse.abs()
-        else:
-            off = residual_coef != 0
-        redo = off.nonzero().squeeze(1)
+    else:
+        # Only the details' gradient (through logp, margin, ...: one host
+        # wait, paid only when such a gradient exists), or on the CPU, where
+        # finding the rows costs no wait and skips those with nothing to add.
+        redo = (residual_coef != 0).nonzero().squeeze(1)
         count = redo.numel()
     if count:
         kernel = _kernel_backend(backend, V, hidden.dtype, hidden.device, 0)
@@ -359,8 +363,8 @@ def _backward_impl(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targe
 
 
 def _backward_fake(hidden, weight, bias, target, sample_index, lse, target_logit, sample_logit, lse_weight, grad_lse,
-                   grad_target, grad_sample, fold_hidden, fold_weight, fold_bias, folded, residual, ignore_index,
-                   backend, logit_scale, logit_softcap, chunk_size, need_hidden, need_weight, need_bias):
+                   grad_target, grad_sample, grad_detail, fold_hidden, fold_weight, fold_bias, folded, residual,
+                   ignore_index, backend, logit_scale, logit_softcap, chunk_size, need_hidden, need_weight, need_bias):
     return (hidden.new_empty(hidden.shape) if need_hidden else _empty(hidden),
             weight.new_empty(weight.shape) if need_weight else _empty(weight),
             bias.new_empty(bias.shape) if need_bias else _empty(weight))
@@ -368,14 +372,14 @@ def _backward_fake(hidden, weight, bias, target, sample_index, lse, target_logit
 
 def _backward_op_body(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, sample_index: Tensor,
                       lse: Tensor, target_logit: Tensor, sample_logit: Tensor, lse_weight: Optional[Tensor],
-                      grad_lse: Tensor, grad_target: Tensor, grad_sample: Tensor, fold_hidden: Tensor,
-                      fold_weight: Tensor, fold_bias: Tensor, folded: bool, residual: str, ignore_index: int,
-                      backend: str, logit_scale: float, logit_softcap: float, chunk_size: int, need_hidden: bool,
-                      need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                      grad_lse: Tensor, grad_target: Tensor, grad_sample: Tensor, grad_detail: Optional[Tensor],
+                      fold_hidden: Tensor, fold_weight: Tensor, fold_bias: Tensor, folded: bool, residual: str,
+                      ignore_index: int, backend: str, logit_scale: float, logit_softcap: float, chunk_size: int,
+                      need_hidden: bool, need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
     return _backward_impl(hidden, weight, bias, target, sample_index, lse, target_logit, sample_logit, lse_weight,
-                          grad_lse, grad_target, grad_sample, fold_hidden, fold_weight, fold_bias, folded, residual,
-                          ignore_index, backend, logit_scale, logit_softcap, chunk_size, need_hidden, need_weight,
-                          need_bias, reuse=False)
+                          grad_lse, grad_target, grad_sample, grad_detail, fold_hidden, fold_weight, fold_bias, folded,
+                          residual, ignore_index, backend, logit_scale, logit_softcap, chunk_size, need_hidden,
+                          need_weight, need_bias, reuse=False)
 
 
 def _forward_op_body(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
@@ -396,7 +400,15 @@ _backward_op.register_fake(_backward_fake)
 
 
 class _LinearRowStats(torch.autograd.Function):
-    """Row statistics of ``softcap(scale * (hidden @ weight.T + bias))``; use :func:`_linear_row_stats`."""
+    """Row statistics of ``softcap(scale * (hidden @ weight.T + bias))``; use :func:`_linear_row_stats`.
+
+    Outputs ``lse, target_logit, sample_logit, sample_index`` and a second
+    copy of ``lse`` for the details (``logp``, the pairwise margin): the
+    loss's own gradient reaches the first with the structure the forward
+    folded (``residual="trust"``), and anything else, which only a gradient
+    through the details can bring, arrives apart, so the backward recomputes
+    rows only when such a gradient exists.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, uniform, lse_weight, k, ignore_index, backend, logit_scale,
@@ -421,10 +433,11 @@ class _LinearRowStats(torch.autograd.Function):
         ctx.options = (ignore_index, backend, logit_scale, logit_softcap, chunk_size, *need)
         ctx.folded = lse_weight is not None
         ctx.residual = residual
-        return lse, t, xs, sample_index
+        ctx.set_materialize_grads(False)  # None, not zeros, for an output nothing used
+        return lse, t, xs, sample_index, lse.clone()
 
     @staticmethod
-    def backward(ctx, grad_lse, grad_target, grad_sample, _grad_index):
+    def backward(ctx, grad_lse, grad_target, grad_sample, _grad_index, grad_detail):
         saved = ctx.saved_tensors
         lse = saved[5]
         grad_lse, grad_target, grad_sample = (
@@ -440,7 +453,7 @@ class _LinearRowStats(torch.autograd.Function):
             fold = (_empty(saved[0]), _empty(saved[1]), _empty(saved[1]))
             if folded:
                 folded, residual = False, _ALL
-        args = (*saved[:9], grad_lse, grad_target, grad_sample, *fold, folded, residual, *ctx.options)
+        args = (*saved[:9], grad_lse, grad_target, grad_sample, grad_detail, *fold, folded, residual, *ctx.options)
         if direct_call_ok(args):
             grads = _backward_impl(*args, reuse=reuse and folded)
         else:
@@ -452,6 +465,7 @@ class _LinearRowStats(torch.autograd.Function):
 
 def _linear_row_stats(hidden2d, weight, bias, target, uniform, lse_weight, k, ignore_index, backend, logit_scale,
                       logit_softcap, chunk_size, residual):
+    """``(lse, target_logit, sample_logit, sample_index, lse_for_details)``, differentiable."""
     return _LinearRowStats.apply(hidden2d, weight, bias, target, uniform, lse_weight, k, ignore_index, backend,
                                  logit_scale, logit_softcap, chunk_size, residual)
 
@@ -639,10 +653,9 @@ def linear_cringe_loss(
         lse_weight = positive.to(sd)
         if denominator is not None:
             lse_weight = lse_weight / denominator
-        residual = _CHECK if return_details else _TRUST  # details (logp) may carry other lse gradients
-    stats = _stats(hidden, weight, bias, target, uniform, lse_weight, k, ignore_index, backend, scale, cap,
-                   chunk_size, residual)
-    lse, t, sampled_logit, sample_idx = stats
+        residual = _TRUST
+    lse, t, sampled_logit, sample_idx, lse_detail = _stats(hidden, weight, bias, target, uniform, lse_weight, k,
+                                                           ignore_index, backend, scale, cap, chunk_size, residual)
     if detach_positives:
         sampled_logit = sampled_logit.detach()
 
@@ -658,7 +671,7 @@ def linear_cringe_loss(
         return loss
     sampled = valid if ct_on_positives else negative
     sample_index = torch.where(sampled, sample_idx, -1).reshape(target.shape)
-    logp = torch.where(valid, t - lse, 0.0).reshape(target.shape)
+    logp = torch.where(valid, t - lse_detail, 0.0).reshape(target.shape)
     return CringeOutput(loss, ce, cr, sample_index, logp)
 
 
@@ -749,16 +762,19 @@ def linear_pairwise_cringe_loss(
         weight_w = valid_w.reshape(-1).to(sd)
         if denominator is not None:
             weight_w = weight_w / denominator
-        residual_w = residual_l = _CHECK if return_details else _TRUST
+        residual_w = residual_l = _TRUST
     win = _stats(chosen_hidden, weight, bias, chosen_target, None, weight_w, 0, ignore_index, backend, scale, cap,
                  chunk_size, residual_w)
     lose = _stats(rejected_hidden, weight, bias, rejected_target, uniform, None, k, ignore_index, backend, scale, cap,
                   chunk_size, residual_l)
-    lse_w, t_w = win[0], win[1]
-    lse_l, t_l, xs_l, s_l = lose
+    lse_w, t_w, _, _, lse_w_detail = win
+    _, t_l, xs_l, s_l, lse_l_detail = lose
 
-    logp_w = (t_w - lse_w).reshape(B, -1).sum(dim=1)
-    logp_l = (t_l - lse_l).reshape(B, -1).sum(dim=1)
+    # The log-likelihoods (the gate's input and details) read the details'
+    # lse: with the gate constant, only a gradient through the details
+    # reaches them.
+    logp_w = (t_w - lse_w_detail).reshape(B, -1).sum(dim=1)
+    logp_l = (t_l - lse_l_detail).reshape(B, -1).sum(dim=1)
     if length_normalize:
         logp_w = logp_w / valid_w.sum(dim=1).clamp(min=1)
         logp_l = logp_l / valid_l.sum(dim=1).clamp(min=1)

@@ -183,6 +183,22 @@ def test_gradient_through_the_details(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gate_grad", [False, True])
+def test_pairwise_gradient_through_the_details(backend, gate_grad):
+    hw, yw, hl, yl, weight, bias, uniform = make_pair(seed=6)
+    inputs = leaves(hw, hl, weight, bias)
+    out = linear_pairwise_cringe_loss(inputs[0], yw, inputs[1], yl, inputs[2], bias=inputs[3], uniform=uniform,
+                                      backend=backend, gate_grad=gate_grad, return_details=True, chunk_size=4)
+    ref_inputs = leaves(hw, hl, weight, bias)
+    a, c, w, b = ref_inputs
+    ref = ck.pairwise_cringe_loss(head_logits(a, w, b), yw, head_logits(c, w, b), yl, uniform=uniform,
+                                  backend="reference", gate_grad=gate_grad, return_details=True)
+    got = torch.autograd.grad(out.loss + (out.margin * torch.tensor([0.5, -1.0, 2.0])).sum(), inputs)
+    expected = torch.autograd.grad(ref.loss + (ref.margin * torch.tensor([0.5, -1.0, 2.0])).sum(), ref_inputs)
+    assert_same(got, expected, TOL[torch.float64])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_retain_graph_gives_the_same_gradient_twice(backend):
     hidden, weight, bias, target, feedback, uniform = make_case(seed=9)
     h, w, b = leaves(hidden, weight, bias)
@@ -252,9 +268,15 @@ def test_logits_are_made_in_chunks_and_only_where_needed(monkeypatch):
     hidden, weight, bias, target, feedback, uniform = make_case(B=3, T=10, seed=13)
     h = hidden.clone().requires_grad_(True)
     positive = ((target != -100) & feedback).sum().item()
-    # A scalar loss: one matmul per row, in the forward; none in the backward.
+    # A scalar loss: one matmul per row, in the forward; none in the backward,
+    # also with the details (nothing differentiates them here).
     linear_cringe_loss(h, weight, target, feedback, bias=bias, uniform=uniform, chunk_size=8).backward()
     assert max(shapes) == 8 and sum(shapes) == 30
+    shapes.clear()
+    out = linear_cringe_loss(h, weight, target, feedback, bias=bias, uniform=uniform, chunk_size=8,
+                             return_details=True)
+    (out.loss * 2).backward()
+    assert sum(shapes) == 30
     # "none": the backward recomputes the rows with a softmax gradient (on
     # the CPU only those: the positive rows).
     shapes.clear()
@@ -418,8 +440,8 @@ def test_opcheck_of_the_chunked_ops():
     torch.library.opcheck(torch.ops.cringe_kernels.linear_row_stats, forward, test_utils=checks)
     lse, tl, xs, s, gh, gw, gb = torch.ops.cringe_kernels.linear_row_stats(*forward)
     g = torch.linspace(-1, 1, t.numel())
-    backward = (h2, weight, bias, t, s, lse, tl, xs, w, w * 2, g, -g, gh, gw, gb, True, "check", -100, "auto", 1.0,
-                0.0, 5, True, True, True)
+    backward = (h2, weight, bias, t, s, lse, tl, xs, w, w * 2, g, -g, g.flip(0), gh, gw, gb, True, "trust", -100,
+                "auto", 1.0, 0.0, 5, True, True, True)
     torch.library.opcheck(torch.ops.cringe_kernels.linear_row_stats_backward, backward, test_utils=checks)
 
 
