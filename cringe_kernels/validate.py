@@ -82,7 +82,7 @@ def _describe(value) -> str:
 
 def check_int(name: str, value, minimum: Optional[int] = None) -> int:
     """An ``int`` (not ``bool``) at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -91,7 +91,7 @@ def check_int(name: str, value, minimum: Optional[int] = None) -> int:
 
 def check_float(name: str, value, positive: bool = False) -> float:
     """A finite real number (strictly positive if ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):

@@ -281,17 +281,22 @@ def test_torch_library_opcheck():
 
 
 def test_bad_arguments_raise():
-    be = backends.resolve("cpu", torch.zeros(1, 2))
+    # The ops check what the backend's methods take on trust from the losses.
+    from cringe_kernels.backends.cpu_backend import OPS
+
+    def be_forward(*args):
+        return OPS.forward(*args)
+
     x = torch.zeros(1, 2, 5)
     y = torch.zeros(2, dtype=torch.long)
     with pytest.raises(TypeError, match="target"):
-        be.forward(x, y.int(), torch.rand(2), 1, -100)
+        be_forward(x, y.int(), torch.rand(2), 1, -100)
     with pytest.raises(ValueError, match="uniform"):
-        be.forward(x, y, torch.rand(3), 1, -100)
+        be_forward(x, y, torch.rand(3), 1, -100)
     with pytest.raises(ValueError, match="last stride"):
-        be.forward(torch.zeros(1, 5, 2).transpose(1, 2), y[:1].repeat(5)[:5], torch.rand(5), 1, -100)
+        be_forward(torch.zeros(1, 5, 2).transpose(1, 2), y[:1].repeat(5)[:5], torch.rand(5), 1, -100)
     with pytest.raises(TypeError, match="float16"):
-        be.forward(x.int(), y, torch.rand(2), 1, -100)
+        be_forward(x.int(), y, torch.rand(2), 1, -100)
 
 
 def test_torch_compile_fullgraph():

@@ -320,7 +320,8 @@ class NativeRowStats(RowStatsBackend):
     returned) and implement :meth:`status`. The methods take arguments
     already in the layout of :mod:`cringe_kernels.backends.base` (the losses
     make it) and call the ops without repeating their argument checks; the
-    ops themselves, called by name, check everything.
+    ops themselves, called by name, check everything. The autograd
+    Functions call them with gradients off.
     """
 
     ops: RowStatsOps
@@ -331,7 +332,6 @@ class NativeRowStats(RowStatsBackend):
             return False, f"backend '{self.name}' does not support {logits.dtype}"
         return ok, reason
 
-    @torch.no_grad()
     def forward(self, logits, target, uniform, k, ignore_index) -> RowStats:
         return RowStats(*self.ops.forward.unchecked(logits, target, uniform, k, ignore_index))
 
@@ -342,14 +342,12 @@ class NativeRowStats(RowStatsBackend):
         super().__init_subclass__(**kwargs)
         cls.single_pass = cls.single_pass_ops is not None
 
-    @torch.no_grad()
     def forward_with_grad(self, logits, target, uniform, k, ignore_index, lse_weight):
         if self.single_pass_ops is None:
             return super().forward_with_grad(logits, target, uniform, k, ignore_index, lse_weight)
         *stats, grad = self.single_pass_ops.forward.unchecked(logits, target, uniform, k, ignore_index, lse_weight)
         return RowStats(*stats), grad
 
-    @torch.no_grad()
     def backward_with_grad(self, grad, logits, target, sample_index, lse, lse_weight, grad_lse, grad_target,
                            grad_sample, ignore_index):
         if self.single_pass_ops is None or grad is None:
@@ -359,7 +357,6 @@ class NativeRowStats(RowStatsBackend):
                                                  grad_target, grad_sample, ignore_index)
         return grad
 
-    @torch.no_grad()
     def backward(self, logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index, inplace):
         args = (target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
         if inplace:

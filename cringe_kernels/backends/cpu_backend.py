@@ -48,12 +48,13 @@ def _launch_forward(logits, target, uniform, k, ignore_index, out, lse_weight=No
     B, T, V = logits.shape
     threads = _threads(logits)
     k_eff = min(k, V - 1)
-    ws_keys = torch.empty(threads * k_eff, dtype=out[0].dtype)
-    ws_cols = torch.empty(threads * k_eff, dtype=torch.int64)
+    # One slice of k_eff keys (at most 8 bytes each) and k_eff columns per thread.
+    workspace = torch.empty(2 * threads * k_eff, dtype=torch.int64)
+    keys = workspace.data_ptr()
     _C_cpu.forward(
         _native.DTYPE_CODES[logits.dtype], logits.data_ptr(), B, T, V, logits.stride(0), logits.stride(1),
         target.data_ptr(), _native.ptr(uniform if k > 0 else None), k, ignore_index,
-        *(t.data_ptr() for t in out), ws_keys.data_ptr(), ws_cols.data_ptr(), threads,
+        *(t.data_ptr() for t in out), keys, keys + 8 * threads * k_eff, threads,
         _native.ptr(lse_weight), _native.ptr(grad), *(grad.stride()[:2] if grad is not None else (0, 0)),
     )
 
