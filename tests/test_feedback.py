@@ -426,3 +426,70 @@ def test_organic_feedback_filters_the_log_and_returns_this_round():
     with pytest.raises(ValueError, match="differ in length"):
         clean_feedback = OrganicFeedback(None)
         clean_feedback(["p"], ["a", "b"], [0.1, 0.2], 1)
+
+
+# --------------------------------------------------------------------------
+# The loop's organic mode (cringe_kernels.iterative.organic)
+# --------------------------------------------------------------------------
+
+
+def _kind_judge(prompts, completions, **kwargs):
+    return [0.8 if "kind" in c else -0.8 for c in completions]
+
+
+def test_organic_labeller_leaves_dropped_feedback_out(tmp_path):
+    pytest.importorskip("transformers")
+    from cringe_kernels.feedback.organic import OrganicFeedback, UserPool
+    from cringe_kernels.iterative.organic import OrganicLabeller
+
+    feedback = OrganicFeedback(UserPool(users=8, adversarial_share=0.25, noise=1.0, helper_noise=0.0, seed=2),
+                               method="user", threshold=0.5, classifier=_kind_classifier)
+    labeller = OrganicLabeller([_kind_judge], feedback, output_dir=str(tmp_path), last_round=1)
+    completions = [("kind " if k % 3 else "rude ") + str(k) for k in range(30)]
+    prompts = [[{"role": "user", "content": f"hello {k}"}] for k in range(30)]
+    out = labeller(prompts, completions, 1)
+    assert out.rewards == _kind_judge(prompts, completions)
+    step = labeller.rounds[0]
+    trolls = {u for u, t in feedback.pool.types.items() if t == "troll"}
+    for record, label in zip(step.records, out.labels):
+        # Trolls' labels are left out (None); helpers' are the truth.
+        assert label is None if record["user_id"] in trolls else label == ("kind" in record["completion"])
+    assert step.records[0]["prompt"] == "hello 0"
+    assert out.stats["kept"] == sum(label is not None for label in out.labels)
+    written = [json.loads(line) for line in (tmp_path / "feedback_round_1.jsonl").read_text().splitlines()]
+    assert [w["kept"] for w in written] == [label is not None for label in out.labels]
+    # After the last round: judged only, no new feedback.
+    final = labeller(prompts, completions, 2)
+    assert final.labels is None and len(feedback.log) == 30 and len(labeller.rounds) == 1
+
+
+def test_run_organic_trains_on_kept_labels(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from hf_tiny import tiny_model, tiny_tokenizer
+
+    from cringe_kernels.feedback.organic import OrganicFeedback, UserPool
+    from cringe_kernels.iterative import IterativeConfig
+    from cringe_kernels.iterative.organic import run_organic
+
+    tok = tiny_tokenizer()
+    config = IterativeConfig(rounds=1, mode="binary", num_generations=3, max_new_tokens=4, output_dir=str(tmp_path),
+                             progress=False, save_final_model=False,
+                             training_args=dict(per_device_train_batch_size=8, logging_steps=1))
+
+    def judge(prompts, completions, **kwargs):
+        return [((sum(map(ord, c)) % 5) - 2) / 2 for c in completions]
+
+    feedback = OrganicFeedback(UserPool(users=4, adversarial_share=0.25, seed=0), method="user",
+                               classifier=_kind_classifier, folds=2)
+    results = run_organic(tiny_model(len(tok)), tok, [f"Q{i}?" for i in range(6)], [judge], feedback, config,
+                          log=lambda line: None)
+    assert len(results) == 2 and results[-1].final
+    stats = results[0].label_stats
+    assert stats["labelled"] == 18 and results[0].examples == stats["kept"]
+    assert (tmp_path / "feedback_round_1.jsonl").exists() and not (tmp_path / "feedback_round_2.jsonl").exists()
+    with pytest.raises(ValueError, match="binary"):
+        run_organic(None, tok, ["Q?"], [judge], feedback, IterativeConfig(mode="pairwise"))
