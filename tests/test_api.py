@@ -223,3 +223,30 @@ def test_single_pass_and_inplace_backward_exclude_each_other():
         ck.cringe_loss(logits, target, feedback, single_pass=True, inplace_backward=True)
     with pytest.raises(TypeError, match="single_pass"):
         ck.cringe_loss(logits, target, feedback, single_pass="yes")
+
+
+@pytest.mark.parametrize("backend", ["reference"] + cpu_kernel_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_logps_is_log_softmax_at_the_target(backend, dtype):
+    logits, target, _, _ = random_case(3, 6, 37, dtype=dtype, seed=11)
+    base = logits.clone().requires_grad_(True)
+    view = base[:, :-1]  # strided rows, as HF's logits[:, :-1]
+    y = target[:, 1:]
+    got = ck.token_logps(view, y, backend=backend)
+    valid = y != -100
+    expected = torch.where(valid, torch.log_softmax(view.detach().to(torch.float64), -1)
+                           .gather(-1, y.clamp(min=0)[..., None]).squeeze(-1), 0.0)
+    assert got.shape == y.shape and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+    weights = torch.randn(y.shape, dtype=got.dtype)
+    (got * weights).sum().backward()
+    ref = logits.clone().to(torch.float64).requires_grad_(True)
+    lp = torch.log_softmax(ref[:, :-1], -1).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
+    (torch.where(valid, lp, 0.0) * weights.double()).sum().backward()
+    torch.testing.assert_close(base.grad.double(), ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_token_logps_rejects_bad_targets():
+    logits, target, _, _ = random_case(1, 3, 7)
+    with pytest.raises(ValueError, match="target must lie in"):
+        ck.token_logps(logits, torch.full_like(target, 7))
