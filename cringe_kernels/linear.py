@@ -1,4 +1,4 @@
-"""The Cringe losses from hidden states and the LM head (SPEC.md section 5).
+"""The Cringe losses from hidden states and the LM head (docs/spec.md section 5).
 
 ``linear_cringe_loss(hidden, weight, target, feedback)`` is
 ``cringe_loss(softcap(logit_scale * (hidden @ weight.T + bias)), target,
@@ -10,13 +10,14 @@ scalar reduction without ``gate_grad``), the same pass writes the chunk's
 softmax gradient, which two more matmuls fold into the gradients of
 ``hidden``, ``weight`` and ``bias`` at once. The backward then only scales
 those by the upstream gradient and adds the two columns a row touches through
-its target and sampled logits (gathers of ``weight`` rows and ``index_add``
-into ``grad_weight``). Where ``d loss / d lse`` is not known in the forward
-(``reduction="none"`` with an arbitrary upstream vector, ``gate_grad=True``),
-the forward keeps only the row statistics and the backward recomputes each
-chunk's logits (a second matmul pass).
+its target and sampled logits (gathered ``weight`` rows, and an accumulating
+``index_put_`` into ``grad_weight``). Where ``d loss / d lse`` is not known in
+the forward (``reduction="none"`` with an arbitrary upstream vector,
+``gate_grad=True``, a gradient through the details), the backward recomputes
+the logits of the rows concerned (a second matmul pass). docs/linear.md
+gives the cost and memory model.
 
-The loss algebra on the ``[N]`` statistics is the same as in
+The loss algebra on the ``[N]`` statistics is that of
 :mod:`cringe_kernels.losses`, in differentiable PyTorch, so every detail and
 reduction has its exact gradient.
 
