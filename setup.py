@@ -1,7 +1,8 @@
 """Build and install cringe_kernels.
 
-The package is pure Python plus optional torch-free compiled modules (added
-by the kernel work); it installs on a machine with no GPU and no CUDA driver.
+The package is pure Python plus two optional torch-free compiled modules
+(csrc/cringe_build.py says when each is built); it installs on a machine
+with no GPU, no CUDA driver and no C++ compiler.
 """
 
 import os

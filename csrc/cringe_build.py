@@ -7,6 +7,22 @@ pybind11 binding by the host compiler, and the CUDA runtime is linked
 statically, so the module imports on machines without a GPU or driver and
 does not depend on the CUDA build of torch.
 
+The package's pure-PyTorch and Triton backends need no compiler, so a
+missing toolchain does not stop the install: without a C++ compiler
+(``$CC``/``$CXX`` or Python's configured ones not installed) ``_C_cpu`` is
+optional, and ``_C_cuda`` always is (an nvcc that cannot build, e.g. for an
+unsupported host compiler); the build warns, the package installs without
+the module, and ``python -m cringe_kernels.info`` names what is missing.
+Where a compiler exists, a ``_C_cpu`` that does not compile fails the build,
+and ``CRINGE_KERNELS_FORCE_CUDA=1`` (CI) makes both modules required.
+
+Every build leaves exactly the modules it built: one it skipped
+(``CRINGE_KERNELS_SKIP_CUDA=1``) or failed to build is removed from the
+build directory (which a wheel packs) and, for in-place and editable
+builds, from the package sources, with its ptxas report. ``_C_cuda`` is
+rebuilt whenever its nvcc command or compile flags change (a new
+``CRINGE_CUDA_ARCH_LIST``), not only when a source is newer.
+
 Environment variables
 ---------------------
 CRINGE_CUDA_ARCH_LIST
@@ -15,7 +31,8 @@ CRINGE_CUDA_ARCH_LIST
 CRINGE_KERNELS_SKIP_CUDA=1
     Do not build ``_C_cuda`` even if nvcc exists.
 CRINGE_KERNELS_FORCE_CUDA=1
-    Fail the build when nvcc is missing (CI uses this).
+    Fail the build when nvcc is missing or either module fails to compile
+    (CI uses this).
 CUDA_HOME / CUDA_PATH
     CUDA toolkit root (default: the toolkit of ``nvcc`` on PATH, else
     ``/usr/local/cuda``).
@@ -36,13 +53,27 @@ import subprocess
 
 from setuptools import Extension
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 PTXAS_REPORT = "_C_cuda.ptxas.txt"
 CUDA_SOURCES = ["csrc/cuda/forward.cu", "csrc/cuda/backward.cu"]
+MODULES = ("cringe_kernels._C_cpu", "cringe_kernels._C_cuda")
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def find_host_compilers() -> bool:
+    """Whether the C and C++ compilers setuptools will call are installed."""
+    import sysconfig
+
+    for var, default in (("CC", "cc"), ("CXX", "c++")):
+        cmd = os.environ.get(var) or sysconfig.get_config_var(var) or default
+        words = shlex.split(cmd)
+        if not words or shutil.which(words[0]) is None:
+            return False
+    return True
 
 
 def find_cuda_home():
@@ -84,17 +115,46 @@ def _nvcc_flags(include_dirs, archs):
 
 
 class BuildExt(build_ext):
-    """build_ext that first compiles an extension's ``cuda_sources`` with nvcc."""
+    """build_ext that first compiles an extension's ``cuda_sources`` with nvcc
+    and leaves no module from an earlier build that this one did not make."""
+
+    def initialize_options(self):
+        super().initialize_options()
+        self._failed = set()  # extensions whose build raised
 
     def run(self):
+        self._failed = set()
         super().run()
+        in_sources = self.inplace or getattr(self, "editable_mode", False)
+        build_py = self.get_finalized_command("build_py")
+        made = {ext.name for ext in self.extensions} - self._failed
+        for name in MODULES:
+            if name not in made:
+                self._drop(name, build_py if in_sources else None)
         # In-place and editable builds copy only the .so into the source
         # package (setuptools builds them with inplace switched off); put the
         # report beside it too.
-        if self.inplace or getattr(self, "editable_mode", False):
-            build_py = self.get_finalized_command("build_py")
+        if in_sources:
             for name, text in getattr(self, "_reports", {}).items():
-                self._write_report(os.path.abspath(build_py.get_package_dir(name.rpartition(".")[0])), text)
+                if name in made:
+                    self._write_report(self._package_dir(build_py, name), text)
+
+    @staticmethod
+    def _package_dir(build_py, name):
+        return os.path.abspath(build_py.get_package_dir(name.rpartition(".")[0]))
+
+    def _drop(self, name, build_py=None):
+        """Remove module ``name`` and its ptxas report from the build directory
+        and, given ``build_py``, from the package sources."""
+        filename = self.get_ext_filename(name)
+        dirs = [os.path.dirname(os.path.join(self.build_lib, filename))]
+        if build_py is not None:
+            dirs.append(self._package_dir(build_py, name))
+        for d in dirs:
+            for f in (os.path.basename(filename), PTXAS_REPORT if name.endswith("_C_cuda") else None):
+                if f and os.path.exists(os.path.join(d, f)):
+                    print(f"removing {os.path.join(d, f)}: this build did not make {name}")
+                    os.remove(os.path.join(d, f))
 
     @staticmethod
     def _write_report(out_dir, text):
@@ -103,16 +163,24 @@ class BuildExt(build_ext):
             f.write(text)
 
     def build_extension(self, ext):
-        cuda_sources = getattr(ext, "cuda_sources", None)
-        if cuda_sources:
-            ext.extra_objects = list(ext.extra_objects or []) + self._compile_cuda(ext, cuda_sources)
-        super().build_extension(ext)
+        # setuptools skips a failed optional extension with a warning; its
+        # output from an earlier build must not be shipped instead.
+        try:
+            cuda_sources = getattr(ext, "cuda_sources", None)
+            if cuda_sources:
+                ext.extra_objects = list(ext.extra_objects or []) + self._compile_cuda(ext, cuda_sources)
+            super().build_extension(ext)
+        except Exception:
+            self._failed.add(ext.name)
+            self._drop(ext.name)
+            raise
 
     def _compile_cuda(self, ext, sources):
         nvcc = os.path.join(ext.cuda_home, "bin", "nvcc")
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cuda"))
         os.makedirs(build_dir, exist_ok=True)
         flags = _nvcc_flags([os.path.abspath(d) for d in ext.include_dirs], ext.cuda_archs)
+        self._relink_if_configuration_changed(ext, build_dir, [nvcc, *flags, "|", *ext.extra_compile_args])
         objects = [os.path.join(build_dir, os.path.basename(s) + ".o") for s in sources]
         ninja = shutil.which("ninja")
         if ninja:
@@ -121,11 +189,14 @@ class BuildExt(build_ext):
             for src, obj in zip(sources, objects):
                 cmd = [nvcc, *flags, "-c", os.path.abspath(src), "-o", obj]
                 print(" ".join(shlex.quote(c) for c in cmd))
-                res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                try:
+                    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                except OSError as err:
+                    raise CompileError(f"nvcc could not run on {src}: {err}") from err
                 with open(obj + ".ptxas", "w") as f:
                     f.write(res.stdout)
                 if res.returncode != 0:
-                    raise RuntimeError(f"nvcc failed on {src}:\n{res.stdout}")
+                    raise CompileError(f"nvcc failed on {src}:\n{res.stdout}")
         report = []
         for src, obj in zip(sources, objects):
             with open(obj + ".ptxas") as f:
@@ -135,6 +206,24 @@ class BuildExt(build_ext):
         self._reports = getattr(self, "_reports", {})
         self._reports[ext.name] = text
         return objects
+
+    def _relink_if_configuration_changed(self, ext, build_dir, command):
+        """Remove the built module when ``command`` (nvcc, its flags and the
+        binding's flags) differs from the last build's: setuptools relinks
+        only a missing module or one older than a source, and ninja reruns
+        nvcc on a changed command but does not relink."""
+        stamp = os.path.join(build_dir, "configuration.txt")
+        text = "\n".join(command) + "\n"
+        if os.path.exists(stamp):
+            with open(stamp) as f:
+                if f.read() == text:
+                    return
+        target = self.get_ext_fullpath(ext.name)
+        if os.path.exists(target):
+            print(f"removing {target}: its nvcc command or compile flags changed")
+            os.remove(target)
+        with open(stamp, "w") as f:
+            f.write(text)
 
     @staticmethod
     def _compile_with_ninja(ninja, nvcc, flags, sources, objects, build_dir):
@@ -154,7 +243,8 @@ class BuildExt(build_ext):
         with open(os.path.join(build_dir, "build.ninja"), "w") as f:
             f.write("\n".join(lines) + "\n")
         jobs = os.environ.get("MAX_JOBS", "2")
-        subprocess.run([ninja, "-C", build_dir, "-j", jobs], check=True)
+        if subprocess.run([ninja, "-C", build_dir, "-j", jobs]).returncode != 0:
+            raise CompileError("nvcc failed (the log is above)")
 
 
 def compiled_extensions(root: str) -> dict:
@@ -179,6 +269,7 @@ def compiled_extensions(root: str) -> dict:
                             "-fno-math-errno"],
         extra_link_args=["-fopenmp"],
         language="c++",
+        optional=not (find_host_compilers() or _flag("CRINGE_KERNELS_FORCE_CUDA")),
     )
     ext_modules = [cpu]
 
@@ -201,6 +292,7 @@ def compiled_extensions(root: str) -> dict:
             extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden",
                                 f"-DCRINGE_CUDA_ARCHS=\"{','.join('sm_' + a for a in archs)}\""],
             language="c++",
+            optional=not _flag("CRINGE_KERNELS_FORCE_CUDA"),
         )
         ext.cuda_sources = [rel(os.path.join(root, s)) for s in CUDA_SOURCES]
         ext.cuda_home = cuda_home
