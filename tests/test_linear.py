@@ -85,8 +85,7 @@ def compare_binary(case, *, backend, upstream=0.37, transforms=None, chunk_size=
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("chunk_size", [None, 4, 1])
+@pytest.mark.parametrize("dtype, chunk_size", [(torch.float64, None), (torch.float64, 1), (torch.float32, 4)])
 def test_binary_matches_the_logits_loss(backend, dtype, chunk_size):
     compare_binary(make_case(dtype=dtype), backend=backend, chunk_size=chunk_size)
 
@@ -106,9 +105,9 @@ def test_binary_options(backend, options):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("transforms", [dict(logit_softcap=2.5), dict(logit_scale=0.6),
-                                        dict(logit_scale=1.7, logit_softcap=4.0)])
+@pytest.mark.parametrize("dtype, transforms", [(torch.float64, dict(logit_softcap=2.5)),
+                                               (torch.float64, dict(logit_scale=0.6)),
+                                               (torch.float32, dict(logit_scale=1.7, logit_softcap=4.0))])
 def test_softcap_and_scale(backend, dtype, transforms):
     compare_binary(make_case(seed=2, dtype=dtype), backend=backend, transforms=transforms, chunk_size=7)
 
