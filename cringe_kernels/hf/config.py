@@ -38,7 +38,12 @@ class CringeConfig(TrainingArguments):
     and ``layout_free_draws``: draw the sampled tokens from a hash of
     (seed, step, row, position) so that gradient accumulation and data
     parallelism give exactly the big batch's gradient (see
-    :mod:`cringe_kernels.hf.draws`); False uses the loss's ``torch.rand``.
+    :mod:`cringe_kernels.hf.draws`); False uses the loss's ``torch.rand``;
+    ``use_hidden_states`` (True): compute the loss from the model's last
+    hidden state and its LM head (:mod:`cringe_kernels.linear`), never
+    holding the ``[B, T, V]`` logits, wherever the model allows (see
+    :mod:`cringe_kernels.hf.lm_head`); elsewhere the logits are used and the
+    reason is logged once.
 
     ``model_init_kwargs``: keyword arguments of ``from_pretrained`` when the
     trainer is given a model name or path.
@@ -57,6 +62,9 @@ class CringeConfig(TrainingArguments):
                                                                           "forward; None: where the backend can."})
     layout_free_draws: bool = field(default=True, metadata={"help": "Draws hashed from (seed, step, row, position): "
                                                                     "exact gradient accumulation at any k."})
+    use_hidden_states: bool = field(default=True, metadata={"help": "Loss from the last hidden states and the LM "
+                                                                    "head, never holding the logits, when the model "
+                                                                    "allows (else from the logits, reason logged)."})
     model_init_kwargs: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "from_pretrained kwargs "
                                                                                         "for a model given by name."})
     detach_positives: bool = field(default=False, metadata={"help": "Stop the gradient into the sampled logit."})
@@ -99,6 +107,9 @@ class PairwiseCringeConfig(TrainingArguments):
                                                                           "forward; None: where the backend can."})
     layout_free_draws: bool = field(default=True, metadata={"help": "Draws hashed from (seed, step, row, position): "
                                                                     "exact gradient accumulation at any k."})
+    use_hidden_states: bool = field(default=True, metadata={"help": "Loss from the last hidden states and the LM "
+                                                                    "head, never holding the logits, when the model "
+                                                                    "allows (else from the logits, reason logged)."})
     model_init_kwargs: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "from_pretrained kwargs "
                                                                                         "for a model given by name."})
     margin: float = field(default=0.0, metadata={"help": "Gate margin b: the gate closes as M exceeds it."})

@@ -14,6 +14,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from ..linear import linear_cringe_loss, linear_pairwise_cringe_loss
 from ..losses import cringe_loss, pairwise_cringe_loss
 from .labels import FEEDBACK_KEYS, IGNORE_INDEX, logits_of, shift_feedback, shift_labels
 
@@ -22,6 +23,9 @@ PAIRWISE_METRICS = ("ce", "cringe", "gate", "margins", "accuracies", "logps/chos
 
 # Entries our collators add that model.forward does not take.
 _BATCH_ONLY_KEYS = ("row_id",)
+# Options of the logits losses that the hidden-state losses do not take
+# (they always fold the gradient in the forward and never hold the logits).
+_LOGITS_ONLY = ("single_pass", "grad_scale", "inplace_backward")
 
 
 class LossResult(NamedTuple):
@@ -123,12 +127,13 @@ class CringeLossFunc:
         return result.loss
 
     def compute(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None, *, feedback=None,
-                uniform: Optional[torch.Tensor] = None, num_processes: int = 1) -> LossResult:
-        """Loss and metrics from full logits and unshifted labels.
+                uniform: Optional[torch.Tensor] = None, num_processes: int = 1, head=None) -> LossResult:
+        """Loss and metrics from full logits (or hidden states) and unshifted labels.
 
         Parameters
         ----------
         logits : Tensor, ``[B, T, V]`` (pairwise: ``[2B, T, V]``, chosen rows first), floating
+            With ``head``: the last hidden states, ``[B, T, D]`` (``[2B, T, D]``).
         labels : Tensor, ``[B, T]`` (pairwise ``[2B, T]``), int64, unshifted, ``ignore_index`` where no loss is wanted
         num_items_in_batch : int or Tensor, optional
             Denominator: Trainer's count over the accumulated batch.
@@ -144,6 +149,10 @@ class CringeLossFunc:
             data parallelism averages: the count is divided by it, so the
             averaged gradient is the whole batch's and the loss's upstream
             gradient stays 1 (the single pass's default ``grad_scale``).
+        head : LMHead, optional
+            The LM head (:class:`~cringe_kernels.hf.lm_head.LMHead`): the loss
+            is computed by :mod:`cringe_kernels.linear` from the hidden
+            states, never holding the ``[B, T, V]`` logits.
 
         Returns
         -------
@@ -162,7 +171,7 @@ class CringeLossFunc:
             raise ValueError("the Cringe losses need labels; the batch has none")
         target = shift_labels(labels, self.ignore_index)
         if self.pairwise:
-            return self._pairwise(logits, target, num_items_in_batch, uniform, num_processes)
+            return self._pairwise(logits, target, num_items_in_batch, uniform, num_processes, head)
         if feedback is None:
             feedback, self._stashed_feedback = self._stashed_feedback, None
         if feedback is None:
@@ -171,7 +180,7 @@ class CringeLossFunc:
                 f"{' or '.join(map(repr, self.feedback_keys))} entry in each batch"
             )
         return self._binary(logits, target, shift_feedback(feedback, labels), num_items_in_batch, uniform,
-                            num_processes)
+                            num_processes, head)
 
     def _count(self, num_items_in_batch, fallback: torch.Tensor, num_processes: int) -> torch.Tensor:
         if num_items_in_batch is None:
@@ -181,7 +190,11 @@ class CringeLossFunc:
             count = torch.full((), float(count), device=fallback.device)
         return count / num_processes if num_processes > 1 else count
 
-    def _binary(self, logits, target, feedback, num_items_in_batch, uniform, num_processes) -> LossResult:
+    def _head_kwargs(self, head) -> dict:
+        kwargs = {k: v for k, v in self.loss_kwargs.items() if k not in _LOGITS_ONLY}
+        return dict(kwargs, bias=head.bias, logit_softcap=head.logit_softcap, logit_scale=head.logit_scale)
+
+    def _binary(self, logits, target, feedback, num_items_in_batch, uniform, num_processes, head) -> LossResult:
         valid = target != self.ignore_index
         positive = torch.broadcast_to(feedback, target.shape).to(torch.bool) & valid
         negative = valid & ~positive
@@ -189,8 +202,11 @@ class CringeLossFunc:
         count = self._count(num_items_in_batch, valid.sum(), num_processes)
         # The loss's own "mean" with that count: Trainer backpropagates the
         # loss with weight 1, the single pass's default grad_scale.
-        out = cringe_loss(logits, target, feedback, reduction="mean", num_items_in_batch=count, uniform=uniform,
-                          return_details=True, **self.loss_kwargs)
+        common = dict(reduction="mean", num_items_in_batch=count, uniform=uniform, return_details=True)
+        if head is None:
+            out = cringe_loss(logits, target, feedback, **common, **self.loss_kwargs)
+        else:
+            out = linear_cringe_loss(logits, head.weight, target, feedback, **common, **self._head_kwargs(head))
         metrics = {
             "ce": (out.ce_loss.detach() * count, n_pos),
             "cringe": (out.cringe_loss.detach() * count, n_neg),
@@ -206,7 +222,7 @@ class CringeLossFunc:
             metrics["logps/rejected"] = (torch.where(bad, logp_seq, 0.0).sum(), bad.sum())
         return LossResult(out.loss, metrics, None)
 
-    def _pairwise(self, logits, target, num_items_in_batch, uniform, num_processes) -> LossResult:
+    def _pairwise(self, logits, target, num_items_in_batch, uniform, num_processes, head) -> LossResult:
         rows = logits.shape[0]
         if rows % 2:
             raise ValueError(f"pairwise batches hold chosen rows then rejected rows; got an odd batch of {rows}")
@@ -216,9 +232,13 @@ class CringeLossFunc:
         n_w, n_l = n_w_rows.sum(), n_l_rows.sum()
         count = self._count(num_items_in_batch, n_w + n_l, num_processes)
         # Views along the batch dim: contiguous, no copy of the logits.
-        out = pairwise_cringe_loss(logits[:half], target[:half], logits[half:], target[half:], reduction="mean",
-                                   num_items_in_batch=count, uniform=uniform, return_details=True,
-                                   **self.loss_kwargs)
+        common = dict(reduction="mean", num_items_in_batch=count, uniform=uniform, return_details=True)
+        if head is None:
+            out = pairwise_cringe_loss(logits[:half], target[:half], logits[half:], target[half:], **common,
+                                       **self.loss_kwargs)
+        else:
+            out = linear_pairwise_cringe_loss(logits[:half], target[:half], logits[half:], target[half:],
+                                              head.weight, **common, **self._head_kwargs(head))
         gate, margin = out.gate.detach(), out.margin.detach()
         lp_w, lp_l = out.logp_chosen.detach(), out.logp_rejected.detach()
         if self.loss_kwargs.get("length_normalize", False):

@@ -6,21 +6,9 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ..losses import cringe_loss
+from ..primitive import token_logps
 from .collators import CringeCollator
 from .labels import IGNORE_INDEX, logits_of, shift_labels
-
-
-@torch.no_grad()
-def _token_logps(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int, backend: str) -> torch.Tensor:
-    """Per-row ``log p(target)``, 0 on ignored rows; for metrics, not gradients.
-
-    The ``logp`` detail of an all-positive Cringe loss: no ``[N, V]``
-    log-softmax is made.
-    """
-    ones = torch.ones((), dtype=torch.bool, device=logits.device)
-    return cringe_loss(logits.detach(), target, ones, k=1, ignore_index=ignore_index, backend=backend,
-                       return_details=True).logp
 
 
 @torch.no_grad()
@@ -63,7 +51,7 @@ def completion_logps(model, tokenizer, prompts: Sequence[Any], completions: Sequ
             batch = {k: v.to(device) for k, v in collate(rows).items()}
             logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
             target = shift_labels(batch["labels"])
-            logp = _token_logps(logits.float(), target, ignore_index=IGNORE_INDEX, backend="auto")
+            logp = token_logps(logits, target, ignore_index=IGNORE_INDEX)
             n = (target != IGNORE_INDEX).sum(dim=1)
             total = logp.sum(dim=1)
             values = total / n.clamp(min=1) if normalize else total

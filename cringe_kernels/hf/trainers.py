@@ -18,6 +18,7 @@ from .config import CringeConfig, PairwiseCringeConfig, as_config
 from .data import prepare_dataset
 from .draws import layout_free_uniform, step_key
 from .labels import FEEDBACK_KEYS, logits_of
+from .lm_head import head_of, rebuilds_logits
 from .loss_func import CringeLossFunc, make_compute_loss_func
 from .metrics import MetricStore
 
@@ -93,6 +94,9 @@ class _CringeTrainerBase(Trainer):
         self._metric_store = MetricStore(self.loss_func.metric_names + ("num_tokens",), totals=("num_tokens",))
         self._num_tokens = 0.0
         self._gate_checked = not self._pairwise
+        # The hidden-state path: None until the first batch decides it.
+        self._head = None
+        self._head_checked = not args.use_hidden_states
         # As compute_loss_func, our loss makes Trainer count
         # num_items_in_batch over the accumulated batch and treat the loss as
         # already scaled for gradient accumulation.
@@ -125,7 +129,7 @@ class _CringeTrainerBase(Trainer):
                 feedback = inputs.pop(key)
                 break
         row_id = inputs.pop("row_id", None)
-        outputs = model(**inputs)
+        outputs, features, head = self._forward(model, inputs)
         uniform = None
         if self.args.layout_free_draws and row_id is not None:
             key = step_key(self.args.seed, self.state.global_step)
@@ -136,8 +140,8 @@ class _CringeTrainerBase(Trainer):
             # Trainer's count then spans every process and DDP averages
             # the gradients: a count per process keeps the sum right.
             processes = self.accelerator.num_processes
-        result = self.loss_func.compute(logits_of(outputs), labels, num_items_in_batch, feedback=feedback,
-                                        uniform=uniform, num_processes=processes)
+        result = self.loss_func.compute(features, labels, num_items_in_batch, feedback=feedback, uniform=uniform,
+                                        num_processes=processes, head=head)
         mode = "train" if model.training else "eval"
         metrics = dict(result.metrics)
         if mode == "train" and "attention_mask" in inputs:
@@ -147,6 +151,30 @@ class _CringeTrainerBase(Trainer):
             self._gate_checked = True
             self._warn_if_gate_shut(result.gate)
         return (result.loss, outputs) if return_outputs else result.loss
+
+    def _forward(self, model, inputs):
+        """``(outputs, features, head)``: features are the last hidden states with ``head``, else the logits."""
+        if not self._head_checked:
+            self._head_checked = True
+            self._head, reason = head_of(model)
+            if self._head is not None:
+                outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+                states = getattr(outputs, "hidden_states", None)
+                hidden = states[-1] if states else None
+                if hidden is not None and rebuilds_logits(self._head, hidden, logits_of(outputs)):
+                    logger.info("%s: loss from the last hidden states and the LM head (no [B, T, V] logits)",
+                                type(self).__name__)
+                    return outputs, hidden, self._head
+                self._head = None
+                reason = ("the model returns no hidden states" if hidden is None else
+                          "the LM head's weight, bias and logit transforms do not rebuild the model's logits")
+            logger.warning("%s: loss from the logits ([B, T, V]), not from the hidden states: %s",
+                           type(self).__name__, reason)
+        if self._head is not None:
+            outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+            return outputs, outputs.hidden_states[-1], self._head
+        outputs = model(**inputs)
+        return outputs, logits_of(outputs), None
 
     def _warn_if_gate_shut(self, gate: torch.Tensor) -> None:
         """One host sync, at the first training step."""
