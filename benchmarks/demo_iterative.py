@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="tqdm bars (off: clean log)")
+    parser.add_argument("--save-model", action="store_true",
+                        help="save the trained model to OUTPUT_DIR/final_model (off: the results folder stays small)")
     args = parser.parse_args(argv)
 
     import transformers
@@ -129,7 +131,8 @@ def main(argv=None) -> int:
     config = IterativeConfig(
         rounds=args.rounds, mode="pairwise", num_generations=args.num_generations,
         max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.95, generation_batch_size=12,
-        min_gap=0.05, max_length=128, seed=args.seed, system_prompt=args.system_prompt, output_dir=args.output_dir, progress=args.progress,
+        min_gap=0.05, max_length=128, seed=args.seed, system_prompt=args.system_prompt, output_dir=args.output_dir,
+        progress=args.progress, save_final_model=args.save_model,
         # Length-normalised log-likelihoods: the gate compares per-token
         # likelihoods, so replies of different lengths pair fairly.
         loss_kwargs=dict(k=5, alpha=1.0, margin=0.0, temperature=1.0, length_normalize=True),
