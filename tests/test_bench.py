@@ -656,3 +656,34 @@ def test_train_step_losses_from_logits_and_from_hidden_states_agree():
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_measure_group_interleaves_and_records_failures():
+    from cringe_kernels.bench import steps
+
+    calls = []
+
+    def builder(name, fail_at=None):
+        def build():
+            def step():
+                calls.append(name)
+                if fail_at is not None and calls.count(name) >= fail_at:
+                    raise RuntimeError(f"{name} broke\nmore")
+                return (torch.zeros(8),)
+            return step
+        return build
+
+    def no_build():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    timer = timing.CpuTimer(warmup=1, rep_ms=1.0, min_reps=3, max_reps=3, warmup_ms=0.0)
+    got = steps.measure_group([("a", builder("a")), ("b", builder("b")), ("c", builder("c", fail_at=3)),
+                               ("oom", no_build)], timer, _FakeMeter(1 << 20))
+    assert list(got) == ["a", "b", "c", "oom"]
+    assert got["a"]["reps"] == 3 and got["b"]["reps"] == 3
+    assert got["a"]["peak_mem_mib"] == pytest.approx(1 - 32 / 2**20)
+    assert got["c"] == {"status": "error", "reason": "RuntimeError: c broke"}
+    assert got["oom"]["status"] == "skipped" and got["oom"]["reason"] == "out of memory"
+    # Warm-ups one after another, then rounds of one call each: a b c a b c a b ...
+    timed = calls[3:]
+    assert timed[:5] == ["a", "b", "c", "a", "b"]

@@ -31,7 +31,9 @@ rows), hidden standard normal, ``weight`` normal with variance ``1 / D`` (so
 logits are about standard normal), targets uniform, no ignored row, draws
 fixed per point so every Cringe provider samples the same columns.
 
-Measured: median time of the whole step, peak memory beyond the inputs,
+Measured: median time of the whole step (the providers sharing a
+workload sampled in interleaved rounds, so a shared machine's changing
+load reaches all of them alike), peak memory beyond the inputs,
 parameters and their gradients (:mod:`.steps`), ratios to the logits path,
 to the floors and to the cross-entropy libraries measured in the same run,
 and the achieved matmul rate against the FLOP floor ``6 * N * D * V``.
@@ -466,32 +468,47 @@ def run(cfg: HiddenConfig, providers: Optional[List[steps.StepProvider]] = None,
     budget = steps.Budget(cfg.time_budget_s)
     tasks = _tasks(cfg, providers)
     progress = Progress(len(tasks), enabled=cfg.progress)
-    workload, workload_key = None, None
+    groups: List[Tuple[tuple, list]] = []
+    for point, loss, record_loss, p in tasks:
+        if not groups or groups[-1][0] != (point, loss):
+            groups.append(((point, loss), []))
+        groups[-1][1].append((record_loss, p))
+    workload = None
     try:
-        for (N, D, V, dtype), loss, record_loss, p in tasks:
-            record = {"device": cfg.device, "provider": p.name, "loss": record_loss, "N": N, "D": D, "V": V,
-                      "dtype": dtype, "status": "ok", "reason": "", "note": p.note}
-            if p.unavailable:
-                values = {"status": "skipped", "reason": p.unavailable}
-            elif budget.exhausted():
-                values = {"status": "skipped", "reason": budget.reason()}
-            else:
-                if workload_key != (N, D, V, dtype, loss):
-                    workload = None
-                    steps.release(device)
+        for ((N, D, V, dtype), loss), group in groups:
+            runnable = [(rl, p) for rl, p in group if not p.unavailable]
+            measured, reason = {}, ""
+            if runnable and budget.exhausted():
+                reason = budget.reason()
+            elif runnable:
+                try:
                     workload = make_workload(loss, N, D, V, dtype, device, cfg.seq_len, cfg.seed)
-                    workload_key = (N, D, V, dtype, loss)
-                values = steps.guarded(lambda: steps.measure_step(p.build(workload), timer, meter), device)
-            record.update(values)
-            if record["status"] == "ok":
-                record["matmul_tflops"] = 6 * N * D * V / (record["median_ms"] * 1e-3) / 1e12
-            result.records.append(record)
-            if on_record is not None:
-                on_record(record)
-            shown = (f"{record['median_ms']:.1f} ms" if record["status"] == "ok"
-                     else f"{record['status']}: {record['reason'][:70]}")
-            progress.update(f"{p.name} {record_loss} N={N} D={D} V={V} {dtype}", shown)
-            steps.release(device)
+                except Exception as err:  # out of memory, or a shape that cannot be split
+                    reason = f"building inputs failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+                else:
+                    # Interleaved: the providers sharing these inputs are
+                    # sampled in rounds (see steps.measure_group).
+                    measured = steps.measure_group(
+                        [(p.name, lambda p=p: p.build(workload)) for _, p in runnable], timer, meter, device)
+                workload = None
+                steps.release(device)
+            for record_loss, p in group:
+                record = {"device": cfg.device, "provider": p.name, "loss": record_loss, "N": N, "D": D, "V": V,
+                          "dtype": dtype, "status": "ok", "reason": "", "note": p.note}
+                if p.unavailable:
+                    record.update(status="skipped", reason=p.unavailable)
+                elif reason:
+                    record.update(status="skipped", reason=reason)
+                else:
+                    record.update(measured[p.name])
+                if record["status"] == "ok":
+                    record["matmul_tflops"] = 6 * N * D * V / (record["median_ms"] * 1e-3) / 1e12
+                result.records.append(record)
+                if on_record is not None:
+                    on_record(record)
+                shown = (f"{record['median_ms']:.1f} ms" if record["status"] == "ok"
+                         else f"{record['status']}: {record['reason'][:70]}")
+                progress.update(f"{p.name} {record_loss} N={N} D={D} V={V} {dtype}", shown)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:

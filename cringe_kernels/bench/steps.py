@@ -70,58 +70,111 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_step(step: Callable[[], object], timer: timing.Timer, meter: timing.MemoryMeter) -> dict:
-    """Time ``step`` and read its peak memory beyond what it returns.
-
-    Returns
-    -------
-    dict
-        ``median_ms``, ``p20_ms``, ``p80_ms``, ``reps``, ``first_call_ms``;
-        ``peak_mem_mib`` (peak above the memory allocated before the call,
-        minus the bytes of the tensors the step returned, at least 0) and
-        ``kept_mib`` (those bytes), or ``mem_reason`` when no meter runs here.
-    """
-    # Timing first: its warm-up compiles and faults pages in, so that
-    # one-off memory stays out of the reading taken afterwards.
-    t = timer.measure(step)
-    kept = {}
-
-    def counted():
-        out = step()
-        kept["bytes"] = tensor_bytes(out)
-        return out
-
-    mem = meter.measure(counted)
-    values = {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "reps": t.reps,
-              "first_call_ms": t.first_call_ms}
-    if mem.peak_bytes is not None:
-        values["peak_mem_mib"] = max(0, mem.peak_bytes - kept.get("bytes", 0)) / 2**20
-        values["kept_mib"] = kept.get("bytes", 0) / 2**20
-    else:
-        values["mem_reason"] = mem.reason
-    return values
-
-
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def guarded(run: Callable[[], dict], device: torch.device) -> dict:
-    """``run()``, with an exception turned into a skipped (out of memory) or error record."""
-    try:
-        return run()
-    except KeyboardInterrupt:
-        raise
-    except Exception as err:
-        if is_oom(err):
-            values = {"status": "skipped", "reason": "out of memory"}
+def failure(err: BaseException) -> dict:
+    """The record values of a step that raised ``err``: skipped (out of memory) or error."""
+    if is_oom(err):
+        return {"status": "skipped", "reason": "out of memory"}
+    lines = str(err).strip().splitlines()
+    return {"status": "error", "reason": f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]}
+
+
+def measure_group(builds: List[Tuple[str, Callable[[], Callable[[], object]]]], timer: timing.Timer,
+                  meter: timing.MemoryMeter, device=None) -> Dict[str, dict]:
+    """Time steps that share their inputs, interleaved; then read each one's peak memory.
+
+    Each step is built and warmed up (the timer's warm-up policy), then the
+    samples are taken in rounds, one call of every step per round, so that
+    a change of the machine's load during the measurement (other people's
+    jobs on a shared CPU, clocks) reaches every step alike and the ratios
+    between them stay fair. The number of rounds is the timer's choice for
+    the slowest step. Then each step's memory is read once, alone.
+
+    Parameters
+    ----------
+    builds : list of (str, callable)
+        ``(name, build)``, ``build() -> step``, ``step() -> what it keeps``.
+    timer : Timer
+    meter : MemoryMeter
+    device : str or torch.device, optional
+        Whose memory to release after a failure (default: the CPU's).
+
+    Returns
+    -------
+    dict
+        name -> ``median_ms``, ``p20_ms``, ``p80_ms``, ``reps``,
+        ``first_call_ms``; ``peak_mem_mib`` (peak above the memory allocated
+        before the call, minus the bytes of the tensors the step returned,
+        at least 0) and ``kept_mib`` (those bytes), or ``mem_reason`` when no
+        meter runs here. A step that raised gets ``status`` (``"skipped"``
+        for out of memory, else ``"error"``) and ``reason`` instead.
+    """
+    device = torch.device(device or "cpu")
+    out: Dict[str, dict] = {}
+    live: Dict[str, Callable[[], object]] = {}
+    warm: Dict[str, List[float]] = {}
+    samples: Dict[str, List[float]] = {}
+    kept: Dict[str, int] = {}
+    memory: Dict[str, timing.MemoryReading] = {}
+
+    def attempt(name: str, fn: Callable[[], None]) -> None:
+        """Run ``fn``; if it raises, record the failure and drop the step."""
+        failed = None
+        try:
+            fn()
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            failed = failure(err)
+        if failed is not None:
+            # Released outside the except block, so the traceback's frames
+            # (and their tensors) are gone first.
+            out[name] = failed
+            live.pop(name, None)
+            release(device)
+
+    def prepare(name, build):
+        step = build()
+        warm[name] = timer.warm_up(step)
+        live[name] = step
+
+    for name, build in builds:
+        attempt(name, lambda: prepare(name, build))
+    for name in live:
+        samples[name] = []
+    rounds = min((timer.reps_for(warm[name]) for name in live), default=0)
+    for _ in range(rounds):
+        for name in list(live):
+            attempt(name, lambda: samples[name].append(timer.time_once(live[name])))
+
+    def read_memory(name):
+        def counted():
+            result = live[name]()
+            kept[name] = tensor_bytes(result)
+            return result
+        memory[name] = meter.measure(counted)
+
+    for name in list(live):
+        attempt(name, lambda: read_memory(name))
+    for name in live:
+        t = timing.Timing.from_samples(samples[name], warm[name][0])
+        values = {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "reps": t.reps,
+                  "first_call_ms": t.first_call_ms}
+        if memory[name].peak_bytes is not None:
+            values["peak_mem_mib"] = max(0, memory[name].peak_bytes - kept.get(name, 0)) / 2**20
+            values["kept_mib"] = kept.get(name, 0) / 2**20
         else:
-            lines = str(err).strip().splitlines()
-            values = {"status": "error", "reason": f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]}
-    # Outside the except block, so the traceback's frames (and their tensors)
-    # are gone before memory is released.
-    release(device)
-    return values
+            values["mem_reason"] = memory[name].reason
+        out[name] = values
+    return {name: out[name] for name, _ in builds}
+
+
+def measure_step(step: Callable[[], object], timer: timing.Timer, meter: timing.MemoryMeter) -> dict:
+    """One step alone: :func:`measure_group` of one."""
+    return measure_group([("step", lambda: step)], timer, meter)["step"]
 
 
 @dataclass

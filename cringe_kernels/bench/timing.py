@@ -106,23 +106,26 @@ class Timer:
         self.min_reps = max(1, min_reps)
         self.max_reps = max(self.min_reps, max_reps)
 
-    def _warm_up(self, fn, setup) -> List[float]:
+    def warm_up(self, fn, setup=None) -> List[float]:
+        """Untimed calls until the warm-up policy is met; returns their times (ms)."""
+        setup = setup or _noop
         warm: List[float] = []
         while True:
             setup()
-            warm.append(self._time_once(fn))
+            warm.append(self.time_once(fn))
             n = len(warm)
             if n >= self.warmup and (sum(warm) >= self.WARMUP_MS or n >= self.warmup + self.MAX_EXTRA_WARMUP):
                 return warm
 
-    def _reps(self, warm: List[float]) -> int:
+    def reps_for(self, warm: List[float]) -> int:
+        """How many samples to take after the warm-up calls that took ``warm`` ms."""
         # Steady-state estimate: the fastest warm-up call after the first
         # (the first may include compilation).
         estimate = max(min(warm[1:] or warm), 1e-3)
         return int(min(self.max_reps, max(self.min_reps, round(self.rep_ms / estimate))))
 
     # Subclasses implement one timed call.
-    def _time_once(self, fn: Callable[[], object]) -> float:  # pragma: no cover - interface
+    def time_once(self, fn: Callable[[], object]) -> float:  # pragma: no cover - interface
         raise NotImplementedError
 
     def measure(self, fn: Callable[[], object], setup: Optional[Callable[[], object]] = None) -> Timing:
@@ -133,19 +136,19 @@ class Timer:
         Timing
         """
         setup = setup or _noop
-        warm = self._warm_up(fn, setup)
-        reps = self._reps(warm)
+        warm = self.warm_up(fn, setup)
+        reps = self.reps_for(warm)
         samples = []
         for _ in range(reps):
             setup()
-            samples.append(self._time_once(fn))
+            samples.append(self.time_once(fn))
         return Timing.from_samples(samples, warm[0])
 
 
 class CpuTimer(Timer):
     """Wall-clock timer for CPU work (``time.perf_counter``)."""
 
-    def _time_once(self, fn):
+    def time_once(self, fn):
         start = time.perf_counter()
         fn()
         return (time.perf_counter() - start) * 1e3
@@ -177,15 +180,15 @@ class CudaTimer(Timer):
         end.record()
         return start, end
 
-    def _time_once(self, fn):
+    def time_once(self, fn):
         start, end = self._record(fn)
         end.synchronize()
         return start.elapsed_time(end)
 
     def measure(self, fn, setup=None):
         setup = setup or _noop
-        warm = self._warm_up(fn, setup)
-        reps = self._reps(warm)
+        warm = self.warm_up(fn, setup)
+        reps = self.reps_for(warm)
         events = []
         for _ in range(reps):
             setup()

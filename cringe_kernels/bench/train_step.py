@@ -19,7 +19,9 @@ update, gradients freed. Losses (providers):
 
 Targets are the next tokens (the last position ignored); the Cringe losses
 get per-sequence feedback, even sequences positive. Timing: median over
-steps after warm-up steps (which create the optimizer state). Peak memory:
+steps after warm-up steps (which create the optimizer state), one step of
+every provider per round (interleaved, so a shared machine's changing load
+reaches all of them alike), on one model and optimizer. Peak memory:
 above what was allocated before the step (the model and the optimizer
 state), so it holds the gradients, the activations and the loss's own
 memory; the gradients' size is recorded (``grads_mib``) to read it by.
@@ -309,28 +311,39 @@ def run(cfg: TrainStepConfig, providers: Optional[List[steps.StepProvider]] = No
              "tokens": cfg.batch * cfg.seq_len, "hidden_size": cfg.hidden_size, "layers": cfg.layers,
              "V": cfg.vocab_size}
     try:
+        runnable = [p for p in providers if not p.unavailable]
+        measured, reason = {}, ""
+        if runnable and budget.exhausted():
+            reason = budget.reason()
+        elif runnable:
+            model = build_model(cfg)
+            # foreach=False: the optimizer's temporaries stay per parameter,
+            # so its peak does not hide the loss's.
+            state = TrainState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=False),
+                               make_batch(cfg))
+
+            def build(p):
+                # A step that failed half way leaves its gradients behind.
+                state.optimizer.zero_grad(set_to_none=True)
+                return p.build(state)
+
+            # Interleaved: one step of every provider per round (see
+            # steps.measure_group), on one model and optimizer.
+            measured = steps.measure_group([(p.name, lambda p=p: build(p)) for p in runnable], timer, meter,
+                                           device)
+        params = sum(t.numel() for t in state.model.parameters()) if state is not None else None
         for p in providers:
             record = dict(shape, provider=p.name, status="ok", reason="", note=p.note)
             if p.unavailable:
-                values = {"status": "skipped", "reason": p.unavailable}
-            elif budget.exhausted():
-                values = {"status": "skipped", "reason": budget.reason()}
+                record.update(status="skipped", reason=p.unavailable)
+            elif reason:
+                record.update(status="skipped", reason=reason)
             else:
-                if state is None:
-                    model = build_model(cfg)
-                    # foreach=False: the optimizer's temporaries stay per
-                    # parameter, so its peak does not hide the loss's.
-                    state = TrainState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=False),
-                                       make_batch(cfg))
-                values = steps.guarded(lambda: steps.measure_step(p.build(state), timer, meter), device)
-                values.pop("kept_mib", None)
-                # A step that failed half way leaves its gradients behind.
-                state.optimizer.zero_grad(set_to_none=True)
-            record.update(values)
-            if state is not None:
-                n = sum(t.numel() for t in state.model.parameters())
-                record["params_m"] = n / 1e6
-                record["grads_mib"] = n * DTYPES[cfg.dtype].itemsize / 2**20
+                record.update(measured[p.name])
+                record.pop("kept_mib", None)
+            if params is not None:
+                record["params_m"] = params / 1e6
+                record["grads_mib"] = params * DTYPES[cfg.dtype].itemsize / 2**20
             if record["status"] == "ok":
                 record["tokens_per_s"] = record["tokens"] / (record["median_ms"] * 1e-3)
             result.records.append(record)
