@@ -537,20 +537,25 @@ def _draws(uniform, target: Tensor, target_name: str, generator, device) -> Tens
     return uniform
 
 
-def _denominator(count: Tensor, num_items_in_batch, reduction: str, dtype) -> Optional[Tensor]:
-    """What ``"mean"`` divides by: ``num_items_in_batch``, else the row count (>= 1)."""
+def _inv_denominator(count: Tensor, num_items_in_batch, reduction: str, dtype):
+    """``1 / denominator`` of ``"mean"`` (None for the other reductions):
+    ``num_items_in_batch`` if given, else ``count`` (never below 1). A Python
+    number stays one (no host-to-device copy)."""
     if reduction != "mean":
         return None
-    if num_items_in_batch is not None:
-        return torch.as_tensor(num_items_in_batch, device=count.device).to(dtype)
-    return count.clamp(min=1).to(dtype)
+    if num_items_in_batch is None:
+        return count.to(dtype).clamp_(min=1).reciprocal_()
+    if isinstance(num_items_in_batch, torch.Tensor):
+        return num_items_in_batch.to(device=count.device, dtype=dtype).reciprocal()
+    return 1.0 / num_items_in_batch
 
 
-def _reduce(values: Tensor, denominator: Optional[Tensor], reduction: str, shape) -> Tensor:
+def _reduce(values: Tensor, inv_denominator, reduction: str, shape) -> Tensor:
+    """``"mean"`` multiplies by ``1 / denominator``, as :mod:`cringe_kernels.losses` does."""
     if reduction == "none":
         return values.reshape(shape)
     total = values.sum()
-    return total if reduction == "sum" else total / denominator.to(total.dtype)
+    return total if inv_denominator is None else total * inv_denominator
 
 
 def _stats(hidden: Tensor, weight, bias, target: Tensor, uniform, lse_weight, k, ignore_index, backend, scale, cap,
@@ -639,21 +644,22 @@ def linear_cringe_loss(
     validate.check_num_items(num_items_in_batch, device)
     feedback = validate.check_feedback(feedback, target)
     backends.resolve(backend, torch.empty((0, V), dtype=hidden.dtype, device=device), k)
+    fresh_draws = uniform is None
     uniform = _draws(uniform, target, "target", generator, device)
     valid = target.reshape(-1) != ignore_index
     validate.check_values([("target", target, V, valid.reshape(target.shape))], ignore_index, feedback=feedback,
-                          uniform=uniform)
+                          uniform=None if fresh_draws else uniform)
 
     sd = stats_dtype(hidden.dtype)
     positive = valid & feedback.reshape(-1).to(torch.bool)
-    denominator = _denominator(valid.sum(), num_items_in_batch, reduction, sd)
+    inv_denominator = _inv_denominator(valid.sum(), num_items_in_batch, reduction, sd)
     lse_weight, residual = None, _ALL
     if reduction != "none" and _needs_grad(hidden, weight, bias):
         # d loss / d lse for an upstream gradient of 1: only cross-entropy
         # involves lse; any scalar upstream gradient is a multiple of it.
         lse_weight = positive.to(sd)
-        if denominator is not None:
-            lse_weight = lse_weight / denominator
+        if inv_denominator is not None:
+            lse_weight = lse_weight * inv_denominator
         residual = _TRUST
     lse, t, sampled_logit, sample_idx, lse_detail = _stats(hidden, weight, bias, target, uniform, lse_weight, k,
                                                            ignore_index, backend, scale, cap, chunk_size, residual)
@@ -665,8 +671,8 @@ def linear_cringe_loss(
     cr_rows = torch.where(negative, F.softplus(t - sampled_logit), 0.0)
     if ct_on_positives:
         cr_rows = cr_rows + torch.where(positive, F.softplus(sampled_logit - t), 0.0)
-    ce = _reduce(ce_rows, denominator, reduction, target.shape)
-    cr = _reduce(cr_rows, denominator, reduction, target.shape)
+    ce = _reduce(ce_rows, inv_denominator, reduction, target.shape)
+    cr = _reduce(cr_rows, inv_denominator, reduction, target.shape)
     loss = ce + (cr if alpha == 1 else alpha * cr)
     if not return_details:
         return loss
@@ -747,22 +753,24 @@ def linear_pairwise_cringe_loss(
     validate.check_generator(generator, device)
     validate.check_num_items(num_items_in_batch, device)
     backends.resolve(backend, torch.empty((0, V), dtype=chosen_hidden.dtype, device=device), k)
+    fresh_draws = uniform is None
     uniform = _draws(uniform, rejected_target, "rejected_target", generator, device)
     B = chosen_hidden.shape[0]
     sd = stats_dtype(chosen_hidden.dtype)
     valid_w = chosen_target != ignore_index
     valid_l = rejected_target != ignore_index
     validate.check_values([("chosen_target", chosen_target, V, valid_w), ("rejected_target", rejected_target, V,
-                                                                         valid_l)], ignore_index, uniform=uniform)
+                                                                         valid_l)], ignore_index,
+                          uniform=None if fresh_draws else uniform)
     valid_w, valid_l = valid_w.reshape(B, -1), valid_l.reshape(B, -1)
-    denominator = _denominator(valid_w.sum() + valid_l.sum(), num_items_in_batch, reduction, sd)
+    inv_denominator = _inv_denominator(valid_w.sum() + valid_l.sum(), num_items_in_batch, reduction, sd)
     weight_w, residual_w, residual_l = None, _ALL, _ALL
     if reduction != "none" and not gate_grad and _needs_grad(chosen_hidden, rejected_hidden, weight, bias):
         # With the gate constant, lse enters only the chosen rows' CE; the
         # rejected rows' d loss / d lse is 0.
         weight_w = valid_w.reshape(-1).to(sd)
-        if denominator is not None:
-            weight_w = weight_w / denominator
+        if inv_denominator is not None:
+            weight_w = weight_w * inv_denominator
         residual_w = residual_l = _TRUST
     win = _stats(chosen_hidden, weight, bias, chosen_target, None, weight_w, 0, ignore_index, backend, scale, cap,
                  chunk_size, residual_w)
@@ -786,8 +794,8 @@ def linear_pairwise_cringe_loss(
     ce_b = torch.where(valid_w, (lse_w - t_w).reshape(B, -1), 0.0).sum(dim=1)
     contrast = F.softplus(t_l - xs_l).reshape(B, -1)
     cr_b = gate * torch.where(valid_l, contrast, 0.0).sum(dim=1)
-    ce = _reduce(ce_b, denominator, reduction, (B,))
-    cr = _reduce(cr_b, denominator, reduction, (B,))
+    ce = _reduce(ce_b, inv_denominator, reduction, (B,))
+    cr = _reduce(cr_b, inv_denominator, reduction, (B,))
     loss = ce + (cr if alpha == 1 else alpha * cr)
     if not return_details:
         return loss
