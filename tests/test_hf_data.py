@@ -161,3 +161,12 @@ def test_collators_mask_prompts_and_padding(tok):
     # Tokenized rows with row ids keep them.
     ds = prepare_dataset(PAIRS, tok, pairwise=True)
     assert PairwiseCringeCollator(tok)([ds[2], ds[0]])["row_id"].tolist() == [2, 0]
+
+
+def test_iterable_datasets_and_worker_processes_give_the_same_rows(tok):
+    plain = prepare_dataset(PAIRS, tok, pairwise=True)
+    streamed = prepare_dataset(datasets.Dataset.from_list(PAIRS).to_iterable_dataset(), tok, pairwise=True)
+    rows = list(streamed)
+    assert [r["chosen_ids"] for r in rows] == plain["chosen_ids"] and [r["row_id"] for r in rows] == [0, 1, 2, 3]
+    parallel = prepare_dataset(PAIRS, tok, pairwise=True, num_proc=2)
+    assert parallel["rejected_ids"] == plain["rejected_ids"] and parallel["row_id"] == plain["row_id"]

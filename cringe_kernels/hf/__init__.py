@@ -22,7 +22,7 @@ independent of the batch layout), :mod:`.loss_func`, :mod:`.metrics`,
 """
 
 try:
-    import transformers  # noqa: F401
+    import transformers  # noqa: F401  (the clear error below, before any submodule's)
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "cringe_kernels.hf needs the 'transformers' package: pip install 'cringe_kernels[hf]'"

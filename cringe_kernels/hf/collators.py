@@ -52,7 +52,8 @@ class _Collator:
         ids = list(prompt_ids) + list(completion_ids)
         labels = [self.ignore_index] * len(prompt_ids) + list(completion_ids)
         if self.max_length is not None and len(ids) > self.max_length:
-            part = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
+            keep_start = self.truncation_mode == "keep_start"
+            part = slice(None, self.max_length) if keep_start else slice(-self.max_length, None)
             ids, labels = ids[part], labels[part]
         return ids, labels
 

@@ -72,7 +72,8 @@ def extract_prompt(example: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _render(tokenizer, messages, *, add_generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("conversational data needs a tokenizer with a chat template (tokenizer.chat_template is unset)")
+        raise ValueError("conversational data needs a tokenizer with a chat template "
+                         "(tokenizer.chat_template is unset)")
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 

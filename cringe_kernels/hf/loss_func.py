@@ -78,7 +78,8 @@ class CringeLossFunc:
     def __init__(self, *, pairwise: bool = False, feedback_keys: Sequence[str] = FEEDBACK_KEYS, **loss_kwargs):
         for key in ("reduction", "num_items_in_batch", "return_details"):
             if key in loss_kwargs:
-                raise TypeError(f"{key} is set by the Trainer integration; do not pass it (got {key}={loss_kwargs[key]!r})")
+                raise TypeError(f"{key} is set by the Trainer integration; do not pass it "
+                                f"(got {key}={loss_kwargs[key]!r})")
         self.pairwise = bool(pairwise)
         self.feedback_keys = tuple(feedback_keys)
         self.loss_kwargs = dict(loss_kwargs)
