@@ -250,3 +250,23 @@ def test_token_logps_rejects_bad_targets():
     logits, target, _, _ = random_case(1, 3, 7)
     with pytest.raises(ValueError, match="target must lie in"):
         ck.token_logps(logits, torch.full_like(target, 7))
+
+
+def test_auto_never_picks_a_backend_that_refuses_k(monkeypatch):
+    """A backend's max_k is a hard limit (CUDA: 64, then ValueError): "auto"
+    drops it for a larger k_eff even when every other one is slower there."""
+    from cringe_kernels import backends
+
+    monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("cpu", "torch"))
+    monkeypatch.setattr(backends, "_resolved", {})
+    cpu_type = type(backends.resolve("cpu", torch.zeros(1, 2)))
+    torch_type = type(backends.resolve("torch", torch.zeros(1, 2)))
+    monkeypatch.setattr(cpu_type, "max_k", 4)
+    monkeypatch.setattr(cpu_type, "kernel_max_k", 4)
+    monkeypatch.setattr(torch_type, "kernel_max_k", 3)  # short too, but no hard limit
+    x = torch.zeros(2, 100)
+    assert backends.resolve("auto", x, k=4).name == "cpu"
+    assert backends.resolve("auto", x, k=9).name == "torch"
+    monkeypatch.setattr(torch_type, "max_k", 8)
+    backends.clear_resolution_cache()
+    assert backends.resolve("auto", x, k=9) == "reference"

@@ -441,8 +441,9 @@ def test_kernel_tune_script_runs_under_the_interpreter(tmp_path):
 
 def test_host_overhead_script_runs(tmp_path):
     """benchmarks/host_overhead.py (run by gpu_check.sh) works end to end on
-    the CPU: every row of its CSV is filled, and the CPU backend's time to
-    the launch is below its whole forward call."""
+    the CPU: F.cross_entropy's row and every (loss, path, value checks) row of
+    the CPU backend are filled, with ratios to the baseline of the same run,
+    and the time to the launch is below the whole call."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "host_overhead.py"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--reps", "20", "--out", str(tmp_path)],
@@ -450,12 +451,16 @@ def test_host_overhead_script_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in open(tmp_path / "host_overhead.csv") if not line.startswith("#")]
     rows = list(csv.DictReader(lines))
-    assert {(r["path"], r["value_checks"]) for r in rows if r["backend"] == "cpu"} == {
-        (p, c) for p in ("two-pass", "single-pass") for c in ("on", "off")}
-    for r in rows:
-        assert float(r["fwd_us"]) > 0 and float(r["fwd_bwd_us"]) >= float(r["fwd_us"])
-        if r["backend"] == "cpu":
-            assert 0 < float(r["to_launch_us"]) < float(r["fwd_us"])
+    assert rows[0]["loss"] == "F.cross_entropy" and float(rows[0]["ratio_to_ce"]) == 1.0
+    cpu = [r for r in rows if r["backend"] == "cpu"]
+    assert {(r["loss"], r["path"], r["value_checks"]) for r in cpu} == {
+        (loss, p, c) for loss in ("cringe_loss", "pairwise_cringe_loss")
+        for p in ("two passes", "single pass (auto)") for c in ("on", "off")}
+    ce_us = float(rows[0]["fwd_bwd_us"])
+    for r in cpu:
+        assert float(r["fwd_bwd_us"]) > 0
+        assert abs(float(r["ratio_to_ce"]) - float(r["fwd_bwd_us"]) / ce_us) < 0.01 * float(r["ratio_to_ce"]) + 0.01
+        assert 0 < float(r["to_launch_us"]) < float(r["fwd_bwd_us"])
 
 
 # ---------------------------------------------------------------- hidden-state and training-step modes

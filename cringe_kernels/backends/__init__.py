@@ -107,8 +107,9 @@ def resolve(name: str, logits: torch.Tensor, k: Optional[int] = None) -> Union[s
     """Map a ``backend=`` argument to ``"reference"`` or a kernel backend object.
 
     ``"auto"`` takes the first backend of :data:`_AUTO_ORDER` that runs on
-    these logits, passing over one whose kernels stop short of
-    ``min(k, V - 1)`` (``kernel_max_k``) when a later one does not. The answer depends only on
+    these logits and accepts ``k_eff = min(k, V - 1)`` (``max_k``), passing
+    over one whose kernels stop short of it (``kernel_max_k``, then a slower
+    fallback) when a later one does not; the reference when none runs. The answer depends only on
     the name, the logits' device and dtype and ``k``, and is cached per
     such key: a loss call pays a dictionary lookup, and a compiled step
     never traces the resolution (see :func:`_resolve`).
@@ -172,7 +173,8 @@ def _resolve_uncached(name, probe: torch.Tensor, k: Optional[int]):
         return REFERENCE
     if name == "auto":
         runnable = [b for b in map(_load, _AUTO_ORDER.get(probe.device.type, ()))
-                    if isinstance(b, RowStatsBackend) and b.supports(probe)[0]]
+                    if isinstance(b, RowStatsBackend) and b.supports(probe)[0]
+                    and (k is None or b.max_k is None or k <= b.max_k)]
         for backend in runnable:
             if k is None or backend.kernel_max_k is None or k <= backend.kernel_max_k:
                 return backend

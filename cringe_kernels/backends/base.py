@@ -110,6 +110,9 @@ class RowStatsBackend:
     # backend may fall back to slower PyTorch code, which ``backend="auto"``
     # avoids when another backend has no such limit there. None: any k.
     kernel_max_k: Optional[int] = None
+    # The largest ``k_eff`` the backend accepts at all (a larger one raises
+    # ValueError); None: any k.
+    max_k: Optional[int] = None
 
     def status(self) -> BackendStatus:  # pragma: no cover - interface
         raise NotImplementedError
