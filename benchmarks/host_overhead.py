@@ -40,11 +40,12 @@ class _LaunchClock:
     """Stamps the time at which a native backend's forward kernel is launched.
 
     The CPU backend calls ``_C_cpu.forward`` through its module global: that
-    is wrapped. The CUDA launcher holds its module in a closure, but looks
-    up ``_forward_gate`` (its top-k strategy) as a global right in the
-    launch call: that is wrapped. The host time from the loss call to the
-    stamp is what the device waits before the loss's one large kernel.
+    is wrapped. The CUDA launcher looks up its launch shape in
+    :mod:`cringe_kernels.backends.heuristics` right before the binding call:
+    those lookups are wrapped. The host time from the loss call to the stamp
+    is what the device waits before the loss's one large kernel.
     """
+
 
     def __init__(self):
         self.stamp = None

@@ -1,9 +1,9 @@
-"""Pure PyTorch reference of SPEC.md: the oracle every backend is tested against.
+"""Pure PyTorch reference of docs/spec.md: the oracle every backend is tested against.
 
 Readable first. The row statistics are computed with ordinary differentiable
 PyTorch ops (``logsumexp``, ``gather``), so autograd, not a hand-written
 formula, gives the reference gradient; the sampled column is computed under
-``no_grad`` (the draw is not differentiated, SPEC.md section 2).
+``no_grad`` (the draw is not differentiated, docs/spec.md section 2).
 
 The rule for candidates and the draw (:func:`sample_columns`) is the one
 every kernel must reproduce; see :mod:`cringe_kernels.backends.base`.
@@ -38,7 +38,7 @@ def top_candidates(x: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tenso
     -------
     Tensor, ``[n, k]``, int64
         Candidate columns ordered by value descending, then column ascending
-        (SPEC.md section 1). NaN is ordered as ``+inf`` so that a NaN row still
+        (docs/spec.md section 1). NaN is ordered as ``+inf`` so that a NaN row still
         yields ``k`` valid columns.
     """
     n, V = x.shape
@@ -62,7 +62,7 @@ def top_candidates(x: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tenso
 
 
 def inverse_cdf(values: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Position of the sampled candidate (SPEC.md section 1).
+    """Position of the sampled candidate (docs/spec.md section 1).
 
     Parameters
     ----------

@@ -44,7 +44,7 @@ def test_gate_one_equals_binary_on_concatenation(backend, reduction):
 
 def manual_pairwise(chosen, tw, rejected, tl, sample_index, *, alpha, margin, temperature, length_normalize,
                     gate_grad=True):
-    """SPEC.md section 3 written out per pair."""
+    """docs/spec.md section 3 written out per pair."""
     valid_w, valid_l = tw != -100, tl != -100
     lpw = torch.where(valid_w, chosen.log_softmax(-1).gather(-1, tw.clamp(min=0)[..., None]).squeeze(-1), 0)
     lpl = torch.where(valid_l, rejected.log_softmax(-1).gather(-1, tl.clamp(min=0)[..., None]).squeeze(-1), 0)

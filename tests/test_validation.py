@@ -1,4 +1,4 @@
-"""Every error rule of SPEC.md section 4, and the edge cases that must not error."""
+"""Every error rule of docs/spec.md section 4, and the edge cases that must not error."""
 
 import pytest
 import torch

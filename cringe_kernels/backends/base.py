@@ -1,6 +1,6 @@
 """The row-statistics primitive that every kernel backend implements.
 
-Every loss in SPEC.md is a function of four numbers per row of logits, so a
+Every loss in docs/spec.md is a function of four numbers per row of logits, so a
 kernel backend only computes those (``forward``) and the gradient of the
 logits from three per-row coefficients (``backward``). The loss algebra on
 the ``[N]`` vectors lives in :mod:`cringe_kernels.losses` and is shared by all
@@ -32,7 +32,7 @@ Outputs of ``forward`` (all ``[N]``, contiguous)
     ``lse``           log-sum-exp of the row
     ``target_logit``  ``x[i, target[i]]``
     ``sample_logit``  ``x[i, sample_index[i]]``
-    ``sample_index``  int64 sampled column (SPEC.md section 1), never the
+    ``sample_index``  int64 sampled column (docs/spec.md section 1), never the
                       target column, always in ``[0, V)`` for a sampled row
     Ignored rows give ``0, 0, 0, -1``.
 

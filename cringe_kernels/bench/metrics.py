@@ -18,7 +18,7 @@ full   2 reads + 1 write  ``3 * E * s``
 (the column ``rows_read``, counted on the workload's own targets; this
 suite's workloads ignore no row, so it equals ``N`` there).
 
-This is what a fused two-pass design must move (DESIGN.md section 1: the
+This is what a fused two-pass design must move (docs/design.md section 1: the
 forward reads the logits once; the backward reads them again and writes the
 gradient); the ``[N]`` vectors are negligible. Applying it to every provider
 makes ``achieved GB/s = model bytes / time`` an *effective* bandwidth: for
