@@ -46,7 +46,6 @@ class _LaunchClock:
     is what the device waits before the loss's one large kernel.
     """
 
-
     def __init__(self):
         self.stamp = None
         self._installed = []
