@@ -207,6 +207,32 @@ def test_retain_graph_gives_the_same_gradient_twice(backend):
     assert_same([g * 3 for g in first], second, TOL[torch.float64])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_inputs_are_as_accurate_as_the_logits_path(dtype):
+    # Positive rows only (no draw, which rounding could flip), against a
+    # float64 oracle on the same rounded inputs: the loss within a sixteenth
+    # of the dtype's epsilon, the gradients' error at most about that of the
+    # logits path in the same dtype (both round each logit once or twice).
+    hidden, weight, bias, target, _, _ = make_case(B=4, T=64, D=32, V=300, dtype=dtype, seed=19)
+    losses, grads = [], []
+    for path in ("linear", "logits", "oracle"):
+        inputs = leaves(*(x if path != "oracle" else x.double() for x in (hidden, weight, bias)))
+        h, w, b = inputs
+        if path == "linear":
+            loss = linear_cringe_loss(h, w, target, 1, bias=b, chunk_size=64, logit_softcap=20.0)
+        else:
+            loss = ck.cringe_loss(head_logits(h, w, b, logit_softcap=20.0), target, 1)
+        losses.append(loss.double())
+        grads.append([g.double() for g in torch.autograd.grad(loss, inputs)])
+    eps = torch.finfo(dtype).eps
+    assert (losses[0] - losses[2]).abs() <= eps / 16 * losses[2].abs()
+    for g_linear, g_logits, g_oracle in zip(*grads):
+        scale = g_oracle.abs().max()
+        err_linear = (g_linear - g_oracle).abs().max() / scale
+        err_logits = (g_logits - g_oracle).abs().max() / scale
+        assert err_linear <= 2 * err_logits + eps / 2, (err_linear, err_logits)
+
+
 def test_tied_embedding_weight_gets_both_gradients():
     hidden, weight, _, target, feedback, uniform = make_case(seed=10)
     emb = torch.nn.Embedding(weight.shape[0], weight.shape[1]).double()
