@@ -475,6 +475,16 @@ def _linear_row_stats(hidden2d, weight, bias, target, uniform, lse_weight, k, ig
 # Checks and the public losses
 
 
+def _autocast(*tensors):
+    """The floating tensors cast to the autocast dtype where autocast is on for
+    their device, as ``F.linear`` would cast them; unchanged otherwise."""
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def _check_head(hidden_name: str, hidden, weight, bias) -> Tuple[int, int]:
     """``hidden [..., D]``, ``weight [V, D]``, ``bias [V]``: one floating dtype,
     one device; returns ``(V, D)``."""
@@ -607,7 +617,8 @@ def linear_cringe_loss(
         Final hidden states; may be a strided view (``hidden[:, :-1]``).
     weight : Tensor, ``[V, D]``, ``hidden``'s dtype and device
         The LM head's weight as in ``nn.Linear`` (may be tied to the input
-        embedding).
+        embedding). Under ``torch.autocast`` the hidden states, weight and
+        bias are cast to the autocast dtype first, as ``F.linear`` would.
     target : Tensor, ``[...]`` (``hidden``'s leading shape), integer
         Column per row in ``[0, V)``, or ``ignore_index``.
     feedback : Tensor, bool or 0/1, broadcastable to ``target``
@@ -632,6 +643,7 @@ def linear_cringe_loss(
     Tensor or CringeOutput
         float32 (float64 for float64 inputs).
     """
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     V, _ = _check_head("hidden", hidden, weight, bias)
     _check_target("target", target, "hidden", hidden)
     validate.check_hyperparameters(k=k, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
@@ -733,6 +745,7 @@ def linear_pairwise_cringe_loss(
     -------
     Tensor or PairwiseCringeOutput
     """
+    chosen_hidden, rejected_hidden, weight, bias = _autocast(chosen_hidden, rejected_hidden, weight, bias)
     V, D = _check_head("chosen_hidden", chosen_hidden, weight, bias)
     _check_head("rejected_hidden", rejected_hidden, weight, bias)
     for name, x in (("chosen_hidden", chosen_hidden), ("rejected_hidden", rejected_hidden)):

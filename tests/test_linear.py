@@ -233,6 +233,20 @@ def test_16_bit_inputs_are_as_accurate_as_the_logits_path(dtype):
         assert err_linear <= 2 * err_logits + eps / 2, (err_linear, err_logits)
 
 
+def test_autocast_casts_like_a_linear_layer():
+    hidden, weight, bias, target, feedback, uniform = make_case(seed=21, dtype=torch.float32)
+    h, w, b = leaves(hidden, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cringe_loss(h, w, target, feedback, bias=b, uniform=uniform, chunk_size=4)
+    h2, w2, b2 = leaves(hidden, weight, bias)
+    expected = linear_cringe_loss(h2.bfloat16(), w2.bfloat16(), target, feedback, bias=b2.bfloat16(),
+                                  uniform=uniform, chunk_size=4)
+    torch.testing.assert_close(loss, expected)
+    got = torch.autograd.grad(loss, (h, w, b))
+    assert all(g.dtype == torch.float32 for g in got)
+    assert_same(got, torch.autograd.grad(expected, (h2, w2, b2)), dict(rtol=0, atol=0))
+
+
 def test_tied_embedding_weight_gets_both_gradients():
     hidden, weight, _, target, feedback, uniform = make_case(seed=10)
     emb = torch.nn.Embedding(weight.shape[0], weight.shape[1]).double()
