@@ -33,6 +33,9 @@ def test_text_rows_get_one_eos_and_the_joined_tokens(tok):
     # A completion that already ends with EOS gets no second one.
     _, (again,) = tokenize_pair(tok, "Q: hi? A:", [" hello" + tok.eos_token])
     assert again == completion_ids
+    # Nor one whose turn a hand-rendered template closed with EOS and a newline.
+    _, (closed,) = tokenize_pair(tok, "Q: hi? A:", [" hello<|im_end|>\n"])
+    assert closed.count(tok.eos_token_id) == 1 and tok.decode(closed) == " hello<|im_end|>\n"
     _, (bare,) = tokenize_pair(tok, "Q: hi? A:", [" hello"], add_eos=False)
     assert bare == completion_ids[:-1]
 

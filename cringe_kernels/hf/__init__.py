@@ -1,7 +1,7 @@
 """Hugging Face ``transformers`` integration: configs, trainers and a ``compute_loss_func``.
 
 Needs the ``[hf]`` extra (``pip install cringe_kernels[hf]``: transformers,
-accelerate, datasets). Importing :mod:`cringe_kernels` never imports this
+accelerate, datasets, peft). Importing :mod:`cringe_kernels` never imports this
 package; importing this package imports ``transformers``.
 
 Three ways in, from the least to the most opinionated:
@@ -18,7 +18,8 @@ Three ways in, from the least to the most opinionated:
 Modules: :mod:`.labels` (label shifting), :mod:`.data` (TRL's data forms,
 chat templates, tokenization), :mod:`.collators`, :mod:`.draws` (draws
 independent of the batch layout), :mod:`.loss_func`, :mod:`.metrics`,
-:mod:`.config`, :mod:`.trainers`, :mod:`.scoring` (:func:`completion_logps`).
+:mod:`.config`, :mod:`.lm_head` (the hidden-state path), :mod:`.trainers`,
+:mod:`.scoring` (:func:`completion_logps`). The guide: ``docs/training.md``.
 """
 
 try:

@@ -22,8 +22,9 @@ prompt alone and the prompt joined with its completion are tokenized, and
 the completion starts where the two token lists first differ (a token that
 merges across the boundary belongs to the completion). Chat templates are
 applied once, to the whole conversation; a plain-text completion gets one
-EOS token (not added when it already ends with one, nor to conversational
-completions, whose template closes the turn).
+EOS token (not added when it already ends with one, trailing whitespace
+aside, as a hand-rendered template's ``<|im_end|>\n`` does, nor to
+conversational completions, whose template closes the turn).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def tokenize_pair(tokenizer, prompt, completions: Sequence[Any], *, add_eos: boo
                 raise ValueError("a conversational completion needs a conversational prompt")
             text = _render(tokenizer, list(prompt) + list(completion), add_generation_prompt=False)
         elif isinstance(completion, str):
-            if add_eos and eos and not completion.endswith(eos):
+            # A template rendered by hand ends its turn with EOS and a newline.
+            if add_eos and eos and not completion.rstrip().endswith(eos):
                 completion = completion + eos
             text = prompt_text + completion
         else:
