@@ -223,6 +223,10 @@ def test_model_by_path_and_peft(tmp_path, tok):
     trainer = CringeTrainer(str(path), args, train_dataset=BINARY)
     assert trainer.processing_class is not None
     trainer.train()
+    args = training_args(CringeConfig, tmp_path, max_steps=1, model_init_kwargs={"dtype": torch.float64})
+    assert CringeTrainer(str(path), args, train_dataset=BINARY).model.dtype == torch.float64
+    with pytest.raises(ValueError, match="model_init_kwargs"):
+        CringeTrainer(tiny_model(len(tok)), args, train_dataset=BINARY, processing_class=tok)
 
     peft = pytest.importorskip("peft")
     model = tiny_model(len(tok))
