@@ -273,3 +273,14 @@ def test_single_pass_in_the_trainers_never_rewrites_rows(tmp_path, tok, kind, mo
                                    single_pass=True)
     for a, b in zip(single, two_pass):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_named_eval_sets_and_streamed_training_data(tmp_path, tok):
+    args = training_args(CringeConfig, tmp_path, max_steps=1)
+    streamed = datasets.Dataset.from_list(BINARY).to_iterable_dataset()
+    trainer = CringeTrainer(tiny_model(len(tok)), args, train_dataset=streamed,
+                            eval_dataset={"good_bad": BINARY, "pairs": PAIRS}, processing_class=tok)
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_good_bad_ce"]) and math.isfinite(metrics["eval_pairs_cringe"])
+    assert metrics["eval_pairs_positive_fraction"] != metrics["eval_good_bad_positive_fraction"]
