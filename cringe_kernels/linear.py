@@ -32,11 +32,10 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
-from . import backends, validate
+from . import backends, losses, validate
 from .backends._dispatch import direct_call_ok
-from .backends.base import stats_dtype
+from .backends.base import RowStats, stats_dtype
 from .losses import CringeOutput, PairwiseCringeOutput
 
 Tensor = torch.Tensor
@@ -540,34 +539,6 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _draws(uniform, target: Tensor, target_name: str, generator, device) -> Tensor:
-    if uniform is None:
-        return torch.rand(target.shape, generator=generator, device=device)
-    validate.check_uniform(uniform, target, target_name)
-    return uniform
-
-
-def _inv_denominator(count: Tensor, num_items_in_batch, reduction: str, dtype):
-    """``1 / denominator`` of ``"mean"`` (None for the other reductions):
-    ``num_items_in_batch`` if given, else ``count`` (never below 1). A Python
-    number stays one (no host-to-device copy)."""
-    if reduction != "mean":
-        return None
-    if num_items_in_batch is None:
-        return count.to(dtype).clamp_(min=1).reciprocal_()
-    if isinstance(num_items_in_batch, torch.Tensor):
-        return num_items_in_batch.to(device=count.device, dtype=dtype).reciprocal()
-    return 1.0 / num_items_in_batch
-
-
-def _reduce(values: Tensor, inv_denominator, reduction: str, shape) -> Tensor:
-    """``"mean"`` multiplies by ``1 / denominator``, as :mod:`cringe_kernels.losses` does."""
-    if reduction == "none":
-        return values.reshape(shape)
-    total = values.sum()
-    return total if inv_denominator is None else total * inv_denominator
-
-
 def _stats(hidden: Tensor, weight, bias, target: Tensor, uniform, lse_weight, k, ignore_index, backend, scale, cap,
            chunk_size, residual):
     """Row statistics of one ``hidden [..., D]`` (rows flattened)."""
@@ -657,14 +628,14 @@ def linear_cringe_loss(
     feedback = validate.check_feedback(feedback, target)
     backends.resolve(backend, torch.empty((0, V), dtype=hidden.dtype, device=device), k)
     fresh_draws = uniform is None
-    uniform = _draws(uniform, target, "target", generator, device)
+    uniform = losses.draws(uniform, target, "target", generator, device)
     valid = target.reshape(-1) != ignore_index
     validate.check_values([("target", target, V, valid.reshape(target.shape))], ignore_index, feedback=feedback,
                           uniform=None if fresh_draws else uniform)
 
     sd = stats_dtype(hidden.dtype)
     positive = valid & feedback.reshape(-1).to(torch.bool)
-    inv_denominator = _inv_denominator(valid.sum(), num_items_in_batch, reduction, sd)
+    inv_denominator = losses.inverse_denominator((valid,), num_items_in_batch, reduction, sd)
     lse_weight, residual = None, _ALL
     if reduction != "none" and _needs_grad(hidden, weight, bias):
         # d loss / d lse for an upstream gradient of 1: only cross-entropy
@@ -675,23 +646,10 @@ def linear_cringe_loss(
         residual = _TRUST
     lse, t, sampled_logit, sample_idx, lse_detail = _stats(hidden, weight, bias, target, uniform, lse_weight, k,
                                                            ignore_index, backend, scale, cap, chunk_size, residual)
-    if detach_positives:
-        sampled_logit = sampled_logit.detach()
-
-    negative = valid ^ positive
-    ce_rows = torch.where(positive, lse - t, 0.0)
-    cr_rows = torch.where(negative, F.softplus(t - sampled_logit), 0.0)
-    if ct_on_positives:
-        cr_rows = cr_rows + torch.where(positive, F.softplus(sampled_logit - t), 0.0)
-    ce = _reduce(ce_rows, inv_denominator, reduction, target.shape)
-    cr = _reduce(cr_rows, inv_denominator, reduction, target.shape)
-    loss = ce + (cr if alpha == 1 else alpha * cr)
-    if not return_details:
-        return loss
-    sampled = valid if ct_on_positives else negative
-    sample_index = torch.where(sampled, sample_idx, -1).reshape(target.shape)
-    logp = torch.where(valid, t - lse_detail, 0.0).reshape(target.shape)
-    return CringeOutput(loss, ce, cr, sample_index, logp)
+    return losses.binary_algebra(RowStats(lse, t, sampled_logit, sample_idx), valid, positive, inv_denominator,
+                                 alpha=alpha, reduction=reduction, detach_positives=detach_positives,
+                                 ct_on_positives=ct_on_positives, shape=target.shape, return_details=return_details,
+                                 logp_lse=lse_detail)
 
 
 def linear_pairwise_cringe_loss(
@@ -767,7 +725,7 @@ def linear_pairwise_cringe_loss(
     validate.check_num_items(num_items_in_batch, device)
     backends.resolve(backend, torch.empty((0, V), dtype=chosen_hidden.dtype, device=device), k)
     fresh_draws = uniform is None
-    uniform = _draws(uniform, rejected_target, "rejected_target", generator, device)
+    uniform = losses.draws(uniform, rejected_target, "rejected_target", generator, device)
     B = chosen_hidden.shape[0]
     sd = stats_dtype(chosen_hidden.dtype)
     valid_w = chosen_target != ignore_index
@@ -776,7 +734,7 @@ def linear_pairwise_cringe_loss(
                                                                          valid_l)], ignore_index,
                           uniform=None if fresh_draws else uniform)
     valid_w, valid_l = valid_w.reshape(B, -1), valid_l.reshape(B, -1)
-    inv_denominator = _inv_denominator(valid_w.sum() + valid_l.sum(), num_items_in_batch, reduction, sd)
+    inv_denominator = losses.inverse_denominator((valid_w, valid_l), num_items_in_batch, reduction, sd)
     weight_w, residual_w, residual_l = None, _ALL, _ALL
     if reduction != "none" and not gate_grad and _needs_grad(chosen_hidden, rejected_hidden, weight, bias):
         # With the gate constant, lse enters only the chosen rows' CE; the
@@ -789,31 +747,14 @@ def linear_pairwise_cringe_loss(
                  chunk_size, residual_w)
     lose = _stats(rejected_hidden, weight, bias, rejected_target, uniform, None, k, ignore_index, backend, scale, cap,
                   chunk_size, residual_l)
-    lse_w, t_w, _, _, lse_w_detail = win
-    _, t_l, xs_l, s_l, lse_l_detail = lose
-
     # The log-likelihoods (the gate's input and details) read the details'
     # lse: with the gate constant, only a gradient through the details
     # reaches them.
-    logp_w = (t_w - lse_w_detail).reshape(B, -1).sum(dim=1)
-    logp_l = (t_l - lse_l_detail).reshape(B, -1).sum(dim=1)
-    if length_normalize:
-        logp_w = logp_w / valid_w.sum(dim=1).clamp(min=1)
-        logp_l = logp_l / valid_l.sum(dim=1).clamp(min=1)
-    gap = logp_w - logp_l
-    gate = torch.sigmoid((margin - gap) / temperature)
-    if not gate_grad:
-        gate = gate.detach()
-    ce_b = torch.where(valid_w, (lse_w - t_w).reshape(B, -1), 0.0).sum(dim=1)
-    contrast = F.softplus(t_l - xs_l).reshape(B, -1)
-    cr_b = gate * torch.where(valid_l, contrast, 0.0).sum(dim=1)
-    ce = _reduce(ce_b, inv_denominator, reduction, (B,))
-    cr = _reduce(cr_b, inv_denominator, reduction, (B,))
-    loss = ce + (cr if alpha == 1 else alpha * cr)
-    if not return_details:
-        return loss
-    sample_index = s_l.reshape(rejected_target.shape)
-    return PairwiseCringeOutput(loss, ce, cr, sample_index, gate, gap, logp_w, logp_l)
+    return losses.pairwise_algebra(RowStats(*win[:4]), RowStats(*lose[:4]), valid_w, valid_l, inv_denominator,
+                                   alpha=alpha, margin=margin, temperature=temperature, gate_grad=gate_grad,
+                                   length_normalize=length_normalize, reduction=reduction,
+                                   rejected_shape=rejected_target.shape, return_details=return_details,
+                                   logp_lse=(win[4], lose[4]))
 
 
 class LinearCringeLoss(torch.nn.Module):

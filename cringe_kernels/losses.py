@@ -97,7 +97,7 @@ def _check_single_pass(single_pass, grad_scale, inplace_backward: bool) -> None:
         validate.check_float("grad_scale", grad_scale)
 
 
-def _inv_denominator(valid: tuple, num_items_in_batch, reduction: str, dtype: torch.dtype):
+def inverse_denominator(valid: tuple, num_items_in_batch, reduction: str, dtype: torch.dtype):
     """``1 / denominator`` of ``"mean"`` (None for the other reductions):
     ``num_items_in_batch`` if given, else the count of rows that the masks in
     ``valid`` mark, never 0. A Python number stays one (no host-to-device
@@ -114,8 +114,8 @@ def _inv_denominator(valid: tuple, num_items_in_batch, reduction: str, dtype: to
     return 1.0 / num_items_in_batch
 
 
-def _reduce(values: torch.Tensor, inv_denominator, reduction: str, shape) -> torch.Tensor:
-    """docs/spec.md reductions; ``inv_denominator`` from :func:`_inv_denominator`.
+def reduce_rows(values: torch.Tensor, inv_denominator, reduction: str, shape) -> torch.Tensor:
+    """docs/spec.md reductions; ``inv_denominator`` from :func:`inverse_denominator`.
     ``"mean"`` multiplies by it, as the fused losses' backward does, so the
     single pass's guess of ``d loss / d lse`` holds bit for bit."""
     if reduction == "none":
@@ -124,7 +124,7 @@ def _reduce(values: torch.Tensor, inv_denominator, reduction: str, shape) -> tor
     return total if inv_denominator is None else total * inv_denominator
 
 
-def _draws(uniform, target: torch.Tensor, target_name: str, generator, device) -> torch.Tensor:
+def draws(uniform, target: torch.Tensor, target_name: str, generator, device) -> torch.Tensor:
     """The ``[N]`` float32 draws: ``uniform`` (checked) or fresh ones."""
     if uniform is None:
         return torch.rand(target.numel(), generator=generator, device=device)
@@ -227,7 +227,7 @@ def cringe_loss(
         validate.check_no_overlap("logits", logits)
 
     feedback = validate.check_feedback(feedback, target)
-    uniform_rows = _draws(uniform, target, "target", generator, logits.device)
+    uniform_rows = draws(uniform, target, "target", generator, logits.device)
     target_rows = target.reshape(-1)
     valid = target_rows != ignore_index
     validate.check_values([("target", target_rows, V, valid)], ignore_index,
@@ -235,7 +235,7 @@ def cringe_loss(
                           uniform=None if uniform is None else uniform_rows)
     positive = valid & (feedback.reshape(-1) if feedback.dtype == torch.bool else feedback.reshape(-1).bool())
     dtype = stats_dtype(logits.dtype)
-    inv_denominator = _inv_denominator((valid,), num_items_in_batch, reduction, dtype)
+    inv_denominator = inverse_denominator((valid,), num_items_in_batch, reduction, dtype)
     use_single_pass = _resolve_single_pass(single_pass, chosen_backend, logits, inplace_backward)
 
     if not return_details and chosen_backend != backends.REFERENCE:
@@ -252,6 +252,33 @@ def cringe_loss(
     if use_single_pass:
         lse_weight = positive.to(dtype) * autograd.row_weight(grad_scale, inv_denominator, valid.to(dtype))
     stats = row_stats(logits, target, uniform_rows, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
+    return binary_algebra(stats, valid, positive, inv_denominator, alpha=alpha, reduction=reduction,
+                          detach_positives=detach_positives, ct_on_positives=ct_on_positives, shape=target.shape,
+                          return_details=return_details)
+
+
+def binary_algebra(stats, valid, positive, inv_denominator, *, alpha, reduction, detach_positives, ct_on_positives,
+                   shape, return_details, logp_lse=None):
+    """The binary loss as differentiable PyTorch on row statistics.
+
+    Parameters
+    ----------
+    stats : RowStats
+        ``[N]`` each, differentiable.
+    valid, positive : Tensor, ``[N]`` bool
+    inv_denominator
+        From :func:`inverse_denominator`.
+    alpha, reduction, detach_positives, ct_on_positives, return_details
+        As in :func:`cringe_loss`.
+    shape : torch.Size
+        The target's shape.
+    logp_lse : Tensor, ``[N]``, optional
+        The ``lse`` the details' ``logp`` reads (default ``stats.lse``).
+
+    Returns
+    -------
+    Tensor or CringeOutput
+    """
     lse, t, sampled_logit = stats.lse, stats.target_logit, stats.sample_logit
     if detach_positives:
         sampled_logit = sampled_logit.detach()
@@ -260,14 +287,14 @@ def cringe_loss(
     cr_rows = torch.where(negative, F.softplus(t - sampled_logit), 0.0)
     if ct_on_positives:
         cr_rows = cr_rows + torch.where(positive, F.softplus(sampled_logit - t), 0.0)
-    ce = _reduce(ce_rows, inv_denominator, reduction, target.shape)
-    cr = _reduce(cr_rows, inv_denominator, reduction, target.shape)
+    ce = reduce_rows(ce_rows, inv_denominator, reduction, shape)
+    cr = reduce_rows(cr_rows, inv_denominator, reduction, shape)
     loss = ce + (cr if alpha == 1 else alpha * cr)
     if not return_details:
         return loss
     sampled = valid if ct_on_positives else negative
-    sample_index = torch.where(sampled, stats.sample_index, -1).reshape(target.shape)
-    logp = torch.where(valid, t - lse, 0.0).reshape(target.shape)
+    sample_index = torch.where(sampled, stats.sample_index, -1).reshape(shape)
+    logp = torch.where(valid, t - (lse if logp_lse is None else logp_lse), 0.0).reshape(shape)
     return CringeOutput(loss, ce, cr, sample_index, logp)
 
 
@@ -359,7 +386,7 @@ def pairwise_cringe_loss(
     if inplace_backward:
         validate.check_no_overlap("chosen_logits", chosen_logits)
         validate.check_no_overlap("rejected_logits", rejected_logits)
-    uniform_rows = _draws(uniform, rejected_target, "rejected_target", generator, device)
+    uniform_rows = draws(uniform, rejected_target, "rejected_target", generator, device)
 
     B = chosen_logits.shape[0]
     valid_w = (chosen_target != ignore_index).reshape(B, -1)
@@ -370,7 +397,7 @@ def pairwise_cringe_loss(
     # In the wider of the two statistics' dtypes: converted to either, it is
     # the value a multiplication in that dtype would use.
     dtype = torch.promote_types(stats_dtype(chosen_logits.dtype), stats_dtype(rejected_logits.dtype))
-    inv_denominator = _inv_denominator((valid_w, valid_l), num_items_in_batch, reduction, dtype)
+    inv_denominator = inverse_denominator((valid_w, valid_l), num_items_in_batch, reduction, dtype)
     use_single_pass = not gate_grad and _resolve_single_pass(
         single_pass, chosen_backend, chosen_logits if chosen_logits.requires_grad else rejected_logits,
         inplace_backward)
@@ -397,9 +424,39 @@ def pairwise_cringe_loss(
     lose = row_stats(rejected_logits, rejected_target, uniform_rows, k, ignore_index, chosen_backend,
                      inplace_backward, weight_l)
 
+    return pairwise_algebra(win, lose, valid_w, valid_l, inv_denominator, alpha=alpha, margin=margin,
+                            temperature=temperature, gate_grad=gate_grad, length_normalize=length_normalize,
+                            reduction=reduction, rejected_shape=rejected_target.shape, return_details=return_details)
+
+
+def pairwise_algebra(win, lose, valid_w, valid_l, inv_denominator, *, alpha, margin, temperature, gate_grad,
+                     length_normalize, reduction, rejected_shape, return_details, logp_lse=(None, None)):
+    """The pairwise loss as differentiable PyTorch on row statistics.
+
+    Parameters
+    ----------
+    win, lose : RowStats
+        The chosen and rejected rows' statistics, ``[B * Tw]`` and ``[B * Tl]``.
+    valid_w, valid_l : Tensor, ``[B, Tw]`` and ``[B, Tl]`` bool
+    inv_denominator
+        From :func:`inverse_denominator`.
+    alpha, margin, temperature, gate_grad, length_normalize, reduction, return_details
+        As in :func:`pairwise_cringe_loss`.
+    rejected_shape : torch.Size
+    logp_lse : pair of Tensor or None
+        The ``lse`` the log-likelihoods (the gate's input) read, per side
+        (default the statistics' own).
+
+    Returns
+    -------
+    Tensor or PairwiseCringeOutput
+    """
+    B = valid_w.shape[0]
+    lse_w = win.lse if logp_lse[0] is None else logp_lse[0]
+    lse_l = lose.lse if logp_lse[1] is None else logp_lse[1]
     # Ignored rows hold lse = t = 0, so their log-probability is already 0.
-    logp_w = (win.target_logit - win.lse).reshape(B, -1).sum(dim=1)
-    logp_l = (lose.target_logit - lose.lse).reshape(B, -1).sum(dim=1)
+    logp_w = (win.target_logit - lse_w).reshape(B, -1).sum(dim=1)
+    logp_l = (lose.target_logit - lse_l).reshape(B, -1).sum(dim=1)
     if length_normalize:
         logp_w = logp_w / valid_w.sum(dim=1).clamp(min=1)
         logp_l = logp_l / valid_l.sum(dim=1).clamp(min=1)
@@ -412,12 +469,12 @@ def pairwise_cringe_loss(
     contrast = F.softplus(lose.target_logit - lose.sample_logit).reshape(B, -1)
     cr_b = gate * torch.where(valid_l, contrast, 0.0).sum(dim=1)
 
-    ce = _reduce(ce_b, inv_denominator, reduction, (B,))
-    cr = _reduce(cr_b, inv_denominator, reduction, (B,))
+    ce = reduce_rows(ce_b, inv_denominator, reduction, (B,))
+    cr = reduce_rows(cr_b, inv_denominator, reduction, (B,))
     loss = ce + (cr if alpha == 1 else alpha * cr)
     if not return_details:
         return loss
-    sample_index = lose.sample_index.reshape(rejected_target.shape)
+    sample_index = lose.sample_index.reshape(rejected_shape)
     return PairwiseCringeOutput(loss, ce, cr, sample_index, gate, gap, logp_w, logp_l)
 
 
