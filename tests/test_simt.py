@@ -10,9 +10,9 @@ prevents, shared accesses outside every variable, and launches the hardware
 refuses. test_simt_mutations.py shows the same on the shipped kernels.
 
 Its AddressSanitizer build is the CPU counterpart of compute-sanitizer's
-memcheck: the last tests run every edge case of benchmarks/sanitizer_case.py
-through the CUDA kernels under ASan, after showing that ASan does report a
-read past a buffer's end.
+memcheck: the last tests run every edge case of ``benchmarks/kernel_tune.py
+--sanitizer-case`` through the CUDA kernels under ASan, after showing that
+ASan does report a read past a buffer's end.
 """
 
 import ctypes
@@ -164,18 +164,17 @@ def test_asan_build_reports_a_read_past_the_end():
 
 
 def test_cuda_kernels_are_clean_under_asan():
-    # Every dtype x vocabulary x k edge case (quick set) of every forward
-    # strategy, both backwards, in place, the single pass and out-of-range
-    # targets: no access outside the tensors torch allocated.
-    script = os.path.join(ROOT, "benchmarks", "sanitizer_case.py")
-    res = subprocess.run([sys.executable, script, "--sim", "--quick"], env=_asan_env(), capture_output=True, text=True,
-                         timeout=900)
+    # Every dtype x vocabulary x k edge case (quick set) of the forward
+    # (whole and split rows), both backwards, in place, the single pass and
+    # out-of-range targets: no access outside the tensors torch allocated.
+    script = os.path.join(ROOT, "benchmarks", "kernel_tune.py")
+    res = subprocess.run([sys.executable, script, "--sanitizer-case", "--sim", "--quick"], env=_asan_env(),
+                         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0 and "cases ran on cuda_sim" in res.stdout, (res.stdout + res.stderr)[-3000:]
     assert "ERROR: AddressSanitizer" not in res.stderr
 
 
-@pytest.mark.parametrize("gate", ["thread", "warp", "row", "row-async", "single-pass", "single-pass-cache",
-                                  "single-pass-async", "single-pass-async-4", "split"])
+@pytest.mark.parametrize("gate", ["row", "single-pass", "single-pass-cache", "single-pass-async", "split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k", [5, 64])
 def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monkeypatch):
@@ -193,14 +192,14 @@ def test_cuda_kernels_do_not_depend_on_the_thread_schedule(gate, dtype, k, monke
     y = torch.cat([adversarial_topk_rows(3001, dtype)[1], random_target((1, 6), 3001, "cpu").reshape(-1)])
     u = torch.rand(12, generator=torch.Generator().manual_seed(k))
     g = [torch.randn(12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_FWD_GATE", gate if gate in ("thread", "warp", "row", "row-async")
-                       else "row-async" if gate == "single-pass-async" else "row")
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SPLIT", "4" if gate == "split" else "1")
-    # A 2 KB row cache: a third of each 6 KB row swept from shared memory;
-    # 4 blocks per SM staged: the 64-register build.
-    monkeypatch.setenv("CRINGE_KERNELS_CUDA_SINGLE_PASS",
-                       "64,1,2" if gate in ("single-pass-cache", "single-pass-async")
-                       else "64,4,2,async" if gate == "single-pass-async-4" else "512,1,0")
+    # Launch choices through cringe_kernels/backends/heuristics.py: a 2 KB
+    # row cache (a third of each 6 KB row swept from shared memory), staged
+    # or not.
+    from kernel_checks import launch_with
+
+    launch_with(monkeypatch, pieces=4 if gate == "split" else 1,
+                shape=(64, 1, 2048, gate == "single-pass-async") if gate in ("single-pass-cache", "single-pass-async")
+                else (512, 1, 0, False))
     # The completion: a third of the rows with another grad_lse than the
     # forward's guess, written in full.
     g_lse = torch.where(torch.arange(12) % 3 == 0, 2 * g[0], g[0])
