@@ -170,7 +170,7 @@ def organic_main(argv=None) -> int:
     is good when its compound score is >= 0.05) and labelled by simulated
     users, 30% of them trolls who flip 80% of their labels; the feedback of
     all rounds so far is filtered and binary Cringe trains on this round's
-    kept labels. Run (about 25 minutes on two CPU cores)::
+    kept labels. Run (24 minutes on two shared CPU cores; about 2 minutes an arm when they are idle)::
 
         python benchmarks/demo_iterative.py --organic --output-dir benchmarks/results/demo-organic
     """
