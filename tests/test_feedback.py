@@ -257,7 +257,7 @@ def test_empty_input_single_class_and_bad_arguments():
 
 
 def test_default_classifier_single_class_fold_is_constant():
-    sklearn = pytest.importorskip("sklearn")  # noqa: F841
+    pytest.importorskip("sklearn")
     from cringe_kernels.feedback import tfidf_logistic_classifier
 
     np.testing.assert_array_equal(tfidf_logistic_classifier(["a", "b"], [True, True], ["c", "d", "e"]), [1.0] * 3)
