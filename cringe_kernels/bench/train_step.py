@@ -155,7 +155,11 @@ def build_model(cfg: TrainStepConfig):
         max_position_embeddings=max(cfg.seq_len, 128), tie_word_embeddings=False, use_cache=False,
     )
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+    # Built on the device: initializing a 1B-parameter model on the host
+    # first would cost the GPU session tens of seconds.
+    with torch.device(cfg.device):
+        model = LlamaForCausalLM(config)
+    model = model.to(dtype=DTYPES[cfg.dtype])
     model.train()
     return model
 
