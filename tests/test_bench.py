@@ -357,6 +357,7 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch):
     summary = (out / output.SUMMARY_NAME).read_text()
     assert "reference" in summary and "ce-eager" in summary and "median time" in summary
     assert "settings: " in summary and "CRINGE_KERNELS_CUDA_SPLIT=auto" in summary
+    assert "byte model: " in summary and "rows_read" in summary
 
 
 def test_plots_are_written_when_matplotlib_exists(tmp_path):

@@ -174,6 +174,7 @@ def summary(result) -> str:
     ]
     if result.copy_bandwidth:
         out.append(f"device copy bandwidth: {result.copy_bandwidth['gbps']:.1f} GB/s (read+write)")
+    out.append(f"byte model: {BYTE_MODEL_TEXT}")
     compiled_at = {}
     for r in records:
         if r["provider"].endswith("-compiled") and r["status"] == "ok":

@@ -32,6 +32,11 @@ measured against, since Cringe does the same vocabulary pass plus a top-k:
     "forward" includes the gradient and its "backward" is nearly free; compare
     it in ``full`` mode.
 
+Liger-Kernel's fused *linear* cross-entropy and Cut Cross-Entropy take the
+hidden states and the output weight, not logits: they are providers of the
+hidden-state mode (``--linear``, :mod:`.hidden_states`) and of the training
+step (``--train-step``, :mod:`.train_step`).
+
 A provider's function takes the workload's ``args`` and returns a scalar loss.
 """
 
