@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m cringe_kernels.bench",
         description="Benchmark the Cringe losses: providers x modes x (V, N, dtype).",
-        epilog="Defaults come from the preset for the device (see cringe_kernels/bench/config.py); "
-               "each option overrides one field.")
+        epilog="Defaults come from the preset for the device and mode (cringe_kernels/bench/config.py, "
+               "hidden_states.py for --linear, train_step.py for --train-step); each option overrides one field.")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="preset", const="quick", help="smallest sweep (smoke test)")
@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--train-step", action="store_true",
                       help="training-step mode: one AdamW step of a LlamaConfig decoder per sample, per loss")
     p.add_argument("--providers", type=_list, default=None,
-                   help="comma list of providers or groups (all, kernels, baselines, ce, reference); "
-                        "see --list-providers")
+                   help="comma list of providers or groups (all, kernels, baselines, ce, reference; --linear "
+                        "and --train-step: names only); see --list-providers")
     p.add_argument("--modes", type=_choices(MODE_ALIASES, "mode"), default=None, help="fwd,bwd,full")
     p.add_argument("--losses", type=_choices({l: l for l in LOSSES}, "loss"), default=None, help="binary,pairwise")
     p.add_argument("--dtypes", type=_choices(DTYPE_ALIASES, "dtype"), default=None, help="fp32,bf16,fp16")
