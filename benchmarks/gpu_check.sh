@@ -33,17 +33,22 @@
 #                                 of cuda and triton vs float64 on 64 rows
 #   bench             170    260  V {32000,128256,256000} x N {4096,16384} x
 #                                 bf16/fp32, binary + pairwise, with baselines
+#   linear             60    120  losses from hidden states, N=16384, D=4096,
+#                                 V=128256 bf16, vs matmuls, Liger FLCE, CCE
+#   train-step         60    120  one AdamW step of a 2048 x 8-layer decoder,
+#                                 V=128256, 4 x 2048 tokens, per loss
 #   host               25     60  host time per call (benchmarks/host_overhead.py)
 #   tune               45    120  only with GPU_CHECK_TUNE=1: kernel_tune.py
 #
-# About 13 minutes in all. Where one call cannot hold that, run
+# About 15 minutes in all. Where one call cannot hold that, run
 # `gpu_check.sh OUT checks` (build to goal, ~10.5 min) and then
-# `gpu_check.sh OUT2 numbers` (build, bench, host, ~4.5 min).
+# `gpu_check.sh OUT2 numbers` (build, bench, linear, train-step, host,
+# ~6.5 min).
 #
 # OUT_DIR receives gpu_check.log (everything printed), env.txt, build.log,
 # info.txt, pytest.log + pytest.xml, memcheck.log, racecheck.log, goal.txt,
-# bench/ (results.csv, results.json, summary.txt, plot_*.png),
-# host/host_overhead.csv, tune.csv (with GPU_CHECK_TUNE=1) and steps.txt (one
+# bench/ (results.csv, results.json, summary.txt, plot_*.png), linear/,
+# train-step/, host/host_overhead.csv, tune.csv (with GPU_CHECK_TUNE=1) and steps.txt (one
 # line per step). To publish a run: copy them into
 # benchmarks/results/cuda-<gpu>-<commit>/ and commit them.
 #
@@ -73,7 +78,7 @@ BENCH_BUDGET_S="${GPU_CHECK_BENCH_S:-170}"
 SKIP=" ${GPU_CHECK_SKIP:-} "
 # The phase leaves out the other phase's steps.
 case "$PHASE" in
-  checks) SKIP="$SKIP bench host tune " ;;
+  checks) SKIP="$SKIP bench linear train-step host tune " ;;
   numbers) SKIP="$SKIP tests memcheck racecheck goal " ;;
 esac
 PY="${PYTHON:-$(command -v python || command -v python3)}"
@@ -272,6 +277,15 @@ bench() {
     --no-progress $SWEEP
 }
 
+# Issue 18's goals on the GPU: the hidden-state losses and a training step.
+linear() {
+  "$PY" -m cringe_kernels.bench --device cuda --linear --out "$OUT/linear" --no-progress
+}
+
+train_step() {
+  "$PY" -m cringe_kernels.bench --device cuda --train-step --out "$OUT/train-step" --no-progress
+}
+
 # Host time of a tiny loss call per backend and path; a few seconds.
 host() {
   "$PY" benchmarks/host_overhead.py --device cuda --reps 300 --out "$OUT/host"
@@ -284,7 +298,7 @@ tune() {
 
 # `timeout` runs programs, not shell functions: run each in a child bash.
 export OUT PY SWEEP BENCH_BUDGET_S
-export -f environment wheels build info tests sanitizer_bin memcheck racecheck goal bench host tune
+export -f environment wheels build info tests sanitizer_bin memcheck racecheck goal bench linear train_step host tune
 
 step environment 60 bash -o pipefail -c 'environment 2>&1 | tee "$OUT/env.txt"'
 step wheels 60 bash -o pipefail -c wheels
@@ -297,6 +311,8 @@ step goal 120 bash -o pipefail -c goal
 # The sweep starts no measurement after BENCH_BUDGET_S; +90 s for start-up,
 # the compile in flight when the budget runs out, and writing the results.
 step bench $(( BENCH_BUDGET_S + 90 )) bash -o pipefail -c bench
+step linear 120 bash -o pipefail -c linear
+step train-step 120 bash -o pipefail -c train_step
 step host 60 bash -o pipefail -c host
 if [ "${GPU_CHECK_TUNE:-0}" = 1 ]; then
   step tune 120 bash -o pipefail -c tune
