@@ -23,7 +23,8 @@ measurements; every choice is passed to the kernels explicitly:
 
 Each time is the median of ``triton.testing.do_bench`` (CUDA events). The
 logits (``N x V`` bf16 = 4.2 GB at the goal point) are far beyond L2, so one
-buffer suffices. One row in seven is ignored, as in the benchmark suite.
+buffer suffices. One row in seven is ignored (the benchmark suite ignores
+none), so that the kernels' ignored-row paths are timed too.
 Byte model (only what a kernel must move): the forward reads the rows that
 are not ignored; the backward and the single pass read those and write
 every row (ignored rows get zeros); the copy reads and writes every row.

@@ -75,8 +75,9 @@ def _resolve_single_pass(requested, backend, logits: torch.Tensor, inplace_backw
     kernel and autograd will ask for the logits' gradient; never otherwise,
     so no ``[N, V]`` gradient is written under ``no_grad`` or for logits
     that do not require it. It is the default because it reads the logits
-    once less and beat the two passes at every row length measured on an
-    H100 (docs/performance.md).
+    once less: its kernels beat the two passes' at every row length
+    measured on an H100, and so did the whole loss at V = 128256; whole-loss
+    comparisons at shorter rows are owed (docs/performance.md).
     """
     if requested is False or inplace_backward or backend == backends.REFERENCE or not backend.single_pass:
         return False
