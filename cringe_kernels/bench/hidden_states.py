@@ -44,7 +44,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -672,34 +672,10 @@ def plot(records: List[dict], out_dir: str, title: str = "") -> Tuple[List[str],
 
 def write(result: HiddenResult, out_dir: str) -> Tuple[str, List[str]]:
     """CSV, JSON, summary and plots into ``out_dir``; returns the summary and the files written."""
-    output.write_csv(result.records, os.path.join(out_dir, output.CSV_NAME), COLUMNS)
-    files = {"csv": output.CSV_NAME}
-    notes = []
-    if result.config.plot:
-        title = f"{result.env.get('device_name')} | torch {result.env.get('torch')} | {result.env.get('date_utc')}"
-        paths, note = plot(result.records, out_dir, title)
-        if note:
-            notes.append(note)
-        files["plots"] = [os.path.basename(p) for p in paths]
     text = summary(result)
-    with open(os.path.join(out_dir, output.SUMMARY_NAME), "w") as f:
-        f.write(text + "\n")
-    files["summary"] = output.SUMMARY_NAME
-    output.write_doc({
-        "mode": "hidden states (--linear)",
-        "environment": result.env,
-        "config": asdict(result.config),
-        "memory_method": f"{MEMORY_TEXT}; meter: {result.memory_method}",
-        "flop_model": FLOP_MODEL_TEXT,
-        "timing_method": ("CUDA events per call, L2 flushed before each call, warm-up excluded"
-                          if result.config.device.startswith("cuda")
-                          else "time.perf_counter per call, warm-up excluded"),
-        "goals": {"memory_vs_logits_at_most": MEMORY_GOAL, "time_vs_matmuls_kernel_at_most_gpu": FLOOR_GOAL},
-        "elapsed_s": result.elapsed_s,
-        "interrupted": result.interrupted,
-        "notes": notes,
-        "columns": list(COLUMNS),
-        "files": files,
-        "records": result.records,
-    }, os.path.join(out_dir, output.JSON_NAME))
+    timing = ("CUDA events per call, L2 flushed before each call, warm-up excluded"
+              if result.config.device.startswith("cuda") else "time.perf_counter per call, warm-up excluded")
+    goals = {"memory_vs_logits_at_most": MEMORY_GOAL, "time_vs_matmuls_kernel_at_most_gpu": FLOOR_GOAL}
+    notes = output.write_mode(result, out_dir, COLUMNS, plot, text, "hidden states (--linear)", MEMORY_TEXT, timing,
+                              extra={"flop_model": FLOP_MODEL_TEXT, "goals": goals})
     return text, notes

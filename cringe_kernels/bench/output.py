@@ -70,6 +70,41 @@ def write_doc(doc: dict, path: str) -> None:
         f.write("\n")
 
 
+def write_mode(result, out_dir: str, columns: Sequence[str], plot, summary_text: str, mode: str,
+               memory_text: str, timing_method: str, extra: Optional[dict] = None) -> List[str]:
+    """The files of one of the suite's whole-step modes (``--linear``,
+    ``--train-step``): CSV, summary, plots (``plot(records, out_dir, title)
+    -> (paths, note)``) and the JSON document with the environment, the
+    configuration and how time and memory were measured. Returns the notes."""
+    write_csv(result.records, os.path.join(out_dir, CSV_NAME), columns)
+    files = {"csv": CSV_NAME}
+    notes = []
+    if result.config.plot:
+        title = f"{result.env.get('device_name')} | torch {result.env.get('torch')} | {result.env.get('date_utc')}"
+        paths, note = plot(result.records, out_dir, title)
+        if note:
+            notes.append(note)
+        files["plots"] = [os.path.basename(p) for p in paths]
+    with open(os.path.join(out_dir, SUMMARY_NAME), "w") as f:
+        f.write(summary_text + "\n")
+    files["summary"] = SUMMARY_NAME
+    write_doc({
+        "mode": mode,
+        "environment": result.env,
+        "config": asdict(result.config),
+        "memory_method": f"{memory_text}; meter: {result.memory_method}",
+        "timing_method": timing_method,
+        **(extra or {}),
+        "elapsed_s": result.elapsed_s,
+        "interrupted": result.interrupted,
+        "notes": notes,
+        "columns": list(columns),
+        "files": files,
+        "records": result.records,
+    }, os.path.join(out_dir, JSON_NAME))
+    return notes
+
+
 def read_csv(path: str) -> List[Dict[str, str]]:
     """Rows of a results CSV as dicts of strings."""
     with open(path, newline="") as f:

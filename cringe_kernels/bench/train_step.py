@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -471,32 +471,9 @@ def plot(records: List[dict], out_dir: str, title: str = "") -> Tuple[List[str],
 
 def write(result: TrainStepResult, out_dir: str) -> Tuple[str, List[str]]:
     """CSV, JSON, summary and plot into ``out_dir``; returns the summary and notes."""
-    output.write_csv(result.records, os.path.join(out_dir, output.CSV_NAME), COLUMNS)
-    files = {"csv": output.CSV_NAME}
-    notes = []
-    if result.config.plot:
-        title = f"{result.env.get('device_name')} | torch {result.env.get('torch')} | {result.env.get('date_utc')}"
-        paths, note = plot(result.records, out_dir, title)
-        if note:
-            notes.append(note)
-        files["plots"] = [os.path.basename(p) for p in paths]
     text = summary(result)
-    with open(os.path.join(out_dir, output.SUMMARY_NAME), "w") as f:
-        f.write(text + "\n")
-    files["summary"] = output.SUMMARY_NAME
-    output.write_doc({
-        "mode": "training step (--train-step)",
-        "environment": result.env,
-        "config": asdict(result.config),
-        "memory_method": f"{MEMORY_TEXT}; meter: {result.memory_method}",
-        "timing_method": ("CUDA events per step, L2 flushed before each, warm-up steps excluded"
-                          if result.config.device.startswith("cuda")
-                          else "time.perf_counter per step, warm-up steps excluded"),
-        "elapsed_s": result.elapsed_s,
-        "interrupted": result.interrupted,
-        "notes": notes,
-        "columns": list(COLUMNS),
-        "files": files,
-        "records": result.records,
-    }, os.path.join(out_dir, output.JSON_NAME))
+    timing = ("CUDA events per step, L2 flushed before each, warm-up steps excluded"
+              if result.config.device.startswith("cuda") else "time.perf_counter per step, warm-up steps excluded")
+    notes = output.write_mode(result, out_dir, COLUMNS, plot, text, "training step (--train-step)", MEMORY_TEXT,
+                              timing)
     return text, notes
