@@ -22,7 +22,31 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CringeConfig(TrainingArguments):
+class _CringeArguments(TrainingArguments):
+    """The data and loss fields both trainers' configs share (see :class:`CringeConfig`)."""
+
+    max_length: Optional[int] = field(default=1024, metadata={"help": "Truncate prompt + completion to this many "
+                                                                        "tokens (None: no truncation)."})
+    truncation_mode: str = field(default="keep_start", metadata={"help": "keep_start or keep_end."})
+    pad_to_multiple_of: Optional[int] = field(default=None, metadata={"help": "Pad sequence lengths to a multiple."})
+    dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for tokenizing the dataset."})
+    add_eos: bool = field(default=True, metadata={"help": "End each plain-text completion with one EOS token."})
+    k: int = field(default=5, metadata={"help": "Top-k candidates of the sampled contrast token."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the contrastive (Cringe) term."})
+    backend: str = field(default="auto", metadata={"help": "Loss backend: auto, cuda, triton, cpu, reference."})
+    single_pass: Optional[bool] = field(default=None, metadata={"help": "Write the logits' gradient during the "
+                                                                          "forward; None: where the backend can."})
+    layout_free_draws: bool = field(default=True, metadata={"help": "Draws hashed from (seed, step, row, position): "
+                                                                    "exact gradient accumulation at any k."})
+    use_hidden_states: bool = field(default=True, metadata={"help": "Loss from the last hidden states and the LM "
+                                                                    "head, never holding the logits, when the model "
+                                                                    "allows (else from the logits, reason logged)."})
+    model_init_kwargs: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "from_pretrained kwargs "
+                                                                                        "for a model given by name."})
+
+
+@dataclass
+class CringeConfig(_CringeArguments):
     """Training arguments of :class:`~cringe_kernels.hf.CringeTrainer` (binary Cringe loss).
 
     Every ``transformers.TrainingArguments`` field, plus:
@@ -49,24 +73,6 @@ class CringeConfig(TrainingArguments):
     trainer is given a model name or path.
     """
 
-    max_length: Optional[int] = field(default=1024, metadata={"help": "Truncate prompt + completion to this many "
-                                                                        "tokens (None: no truncation)."})
-    truncation_mode: str = field(default="keep_start", metadata={"help": "keep_start or keep_end."})
-    pad_to_multiple_of: Optional[int] = field(default=None, metadata={"help": "Pad sequence lengths to a multiple."})
-    dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for tokenizing the dataset."})
-    add_eos: bool = field(default=True, metadata={"help": "End each plain-text completion with one EOS token."})
-    k: int = field(default=5, metadata={"help": "Top-k candidates of the sampled contrast token."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the contrastive (Cringe) term."})
-    backend: str = field(default="auto", metadata={"help": "Loss backend: auto, cuda, triton, cpu, reference."})
-    single_pass: Optional[bool] = field(default=None, metadata={"help": "Write the logits' gradient during the "
-                                                                          "forward; None: where the backend can."})
-    layout_free_draws: bool = field(default=True, metadata={"help": "Draws hashed from (seed, step, row, position): "
-                                                                    "exact gradient accumulation at any k."})
-    use_hidden_states: bool = field(default=True, metadata={"help": "Loss from the last hidden states and the LM "
-                                                                    "head, never holding the logits, when the model "
-                                                                    "allows (else from the logits, reason logged)."})
-    model_init_kwargs: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "from_pretrained kwargs "
-                                                                                        "for a model given by name."})
     detach_positives: bool = field(default=False, metadata={"help": "Stop the gradient into the sampled logit."})
     ct_on_positives: bool = field(default=False, metadata={"help": "Contrastive term on positive tokens too."})
 
@@ -81,7 +87,7 @@ class CringeConfig(TrainingArguments):
 
 
 @dataclass
-class PairwiseCringeConfig(TrainingArguments):
+class PairwiseCringeConfig(_CringeArguments):
     """Training arguments of :class:`~cringe_kernels.hf.PairwiseCringeTrainer`.
 
     The data and loss fields of :class:`CringeConfig` except
@@ -94,24 +100,6 @@ class PairwiseCringeConfig(TrainingArguments):
     training guide).
     """
 
-    max_length: Optional[int] = field(default=1024, metadata={"help": "Truncate prompt + completion to this many "
-                                                                        "tokens (None: no truncation)."})
-    truncation_mode: str = field(default="keep_start", metadata={"help": "keep_start or keep_end."})
-    pad_to_multiple_of: Optional[int] = field(default=None, metadata={"help": "Pad sequence lengths to a multiple."})
-    dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for tokenizing the dataset."})
-    add_eos: bool = field(default=True, metadata={"help": "End each plain-text completion with one EOS token."})
-    k: int = field(default=5, metadata={"help": "Top-k candidates of the sampled contrast token."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the contrastive (Cringe) term."})
-    backend: str = field(default="auto", metadata={"help": "Loss backend: auto, cuda, triton, cpu, reference."})
-    single_pass: Optional[bool] = field(default=None, metadata={"help": "Write the logits' gradient during the "
-                                                                          "forward; None: where the backend can."})
-    layout_free_draws: bool = field(default=True, metadata={"help": "Draws hashed from (seed, step, row, position): "
-                                                                    "exact gradient accumulation at any k."})
-    use_hidden_states: bool = field(default=True, metadata={"help": "Loss from the last hidden states and the LM "
-                                                                    "head, never holding the logits, when the model "
-                                                                    "allows (else from the logits, reason logged)."})
-    model_init_kwargs: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "from_pretrained kwargs "
-                                                                                        "for a model given by name."})
     margin: float = field(default=0.0, metadata={"help": "Gate margin b: the gate closes as M exceeds it."})
     temperature: float = field(default=1.0, metadata={"help": "Gate temperature tau > 0."})
     gate_grad: bool = field(default=False, metadata={"help": "Differentiate through the gate."})
