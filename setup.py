@@ -15,8 +15,9 @@ from cringe_build import compiled_extensions  # noqa: E402  the torch-free kerne
 
 EXTRAS = {
     "triton": ["triton>=3.0"],
-    # pybind11: the tests build the CUDA kernels for their CPU simulator (tests/cuda_sim.py).
-    "test": ["pytest>=7", "hypothesis>=6", "numpy", "triton>=3.0", "pybind11>=2.10"],
+    # pybind11: the tests build the CUDA kernels for their CPU simulator (tests/cuda_sim.py);
+    # trl: a test passes TRL's DPOConfig to our trainers.
+    "test": ["pytest>=7", "hypothesis>=6", "numpy", "triton>=3.0", "pybind11>=2.10", "trl>=1.0"],
     "hf": ["transformers>=4.46", "accelerate>=0.26", "datasets>=2.14", "peft>=0.10"],
     "bench": ["matplotlib>=3.5"],
     "feedback": ["scikit-learn>=1.0", "chatterbot-corpus>=1.3", "vaderSentiment>=3.3", "PyYAML>=5.1"],
