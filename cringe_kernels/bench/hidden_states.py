@@ -599,7 +599,7 @@ def summary(result: HiddenResult) -> str:
     out = [
         f"hidden-state losses on {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
         f"{env.get('usable_cores')} usable cores, torch threads {env.get('torch_threads')}, load avg start "
-        f"{_load(env.get('load_average_start'))} end {_load(env.get('load_average_end'))}",
+        f"{output.load_text(env.get('load_average_start'))} end {output.load_text(env.get('load_average_end'))}",
         f"commit {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}, {env.get('date_utc')}, "
         f"took {result.elapsed_s:.0f} s" + (" (INTERRUPTED)" if result.interrupted else ""),
         f"one step = forward + backward (gradients of hidden and weight); k={result.config.k}; "
@@ -629,19 +629,11 @@ def summary(result: HiddenResult) -> str:
     return "\n".join(out)
 
 
-def _load(value) -> str:
-    return "?" if not value else "/".join(f"{x:.1f}" for x in value)
-
-
 def plot(records: List[dict], out_dir: str, title: str = "") -> Tuple[List[str], str]:
     """One PNG per point: time (left) and peak memory (right), a bar per provider and loss."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib is not installed: no plots (pip install 'cringe_kernels[bench]')"
+    plt = output.pyplot()
+    if plt is None:
+        return [], output.NO_MATPLOTLIB
     paths = []
     for point in dict.fromkeys(_point(r) for r in records):
         ok = [r for r in records if _point(r) == point and r["status"] == "ok"]

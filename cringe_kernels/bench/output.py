@@ -202,8 +202,8 @@ def summary(result) -> str:
     out = [
         f"device: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
         f"triton {env.get('triton')}, CUDA {env.get('torch_cuda')}, driver {env.get('driver')}, "
-        f"{env.get('usable_cores')} usable cores, load avg start {_load(env.get('load_average_start'))} "
-        f"end {_load(env.get('load_average_end'))}",
+        f"{env.get('usable_cores')} usable cores, load avg start {load_text(env.get('load_average_start'))} "
+        f"end {load_text(env.get('load_average_end'))}",
         f"commit {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}, {env.get('date_utc')}, "
         f"sweep took {result.elapsed_s:.0f} s" + (" (INTERRUPTED)" if result.interrupted else ""),
     ]
@@ -242,8 +242,25 @@ def summary(result) -> str:
     return "\n".join(out)
 
 
-def _load(value) -> str:
+def load_text(value) -> str:
+    """A load-average triple as ``1.0/2.0/3.0`` (``?`` when unknown)."""
     return "?" if not value else "/".join(f"{x:.1f}" for x in value)
+
+
+NO_MATPLOTLIB = "matplotlib is not installed: no plots (pip install 'cringe_kernels[bench]')"
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None without matplotlib (then
+    the caller reports :data:`NO_MATPLOTLIB`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def _best_kernel_lines(records: List[dict]) -> List[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import List, Tuple
 
+from . import output
+
 
 def plot_all(records: List[dict], out_dir: str, title: str = "") -> Tuple[List[str], str]:
     """One PNG per (loss, dtype, N): median time (top) and peak memory (bottom) vs V.
@@ -22,13 +24,9 @@ def plot_all(records: List[dict], out_dir: str, title: str = "") -> Tuple[List[s
     (list of str, str)
         Paths written, and a note (empty when all went well).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib is not installed: no plots (pip install 'cringe_kernels[bench]')"
+    plt = output.pyplot()
+    if plt is None:
+        return [], output.NO_MATPLOTLIB
     ok = [r for r in records if r["status"] == "ok"]
     losses = sorted({r["loss"] for r in ok if r["loss"] != "ce"}) or ["ce"]
     modes = [m for m in ("fwd", "bwd", "full") if any(r["mode"] == m for r in ok)]

@@ -406,8 +406,8 @@ def summary(result: TrainStepResult) -> str:
     out = [
         f"training step on {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
         f"transformers {env.get('transformers')}, {env.get('usable_cores')} usable cores, torch threads "
-        f"{env.get('torch_threads')}, load avg start {_load(env.get('load_average_start'))} end "
-        f"{_load(env.get('load_average_end'))}",
+        f"{env.get('torch_threads')}, load avg start {output.load_text(env.get('load_average_start'))} end "
+        f"{output.load_text(env.get('load_average_end'))}",
         f"commit {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}, {env.get('date_utc')}, "
         f"took {result.elapsed_s:.0f} s" + (" (INTERRUPTED)" if result.interrupted else ""),
         f"LlamaForCausalLM: hidden {cfg.hidden_size}, {cfg.layers} layers, MLP {cfg.intermediate_size}, "
@@ -432,19 +432,11 @@ def summary(result: TrainStepResult) -> str:
     return "\n".join(out)
 
 
-def _load(value) -> str:
-    return "?" if not value else "/".join(f"{x:.1f}" for x in value)
-
-
 def plot(records: List[dict], out_dir: str, title: str = "") -> Tuple[List[str], str]:
     """``plot_train_step.png``: step time and peak memory, a bar per provider."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib is not installed: no plots (pip install 'cringe_kernels[bench]')"
+    plt = output.pyplot()
+    if plt is None:
+        return [], output.NO_MATPLOTLIB
     ok = [r for r in records if r["status"] == "ok"]
     if not ok:
         return [], ""
