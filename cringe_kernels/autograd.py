@@ -175,7 +175,7 @@ class _SinglePassMisses:
     On CPU the comparison is read at once; on a GPU its flag is copied to
     pinned memory without a wait and read by a later call, once the device
     has reached it, so the check never holds the host back. Compiled steps
-    are not checked.
+    and captured CUDA graphs are not checked.
     """
 
     def __init__(self):
@@ -183,7 +183,9 @@ class _SinglePassMisses:
         self.pending = []
 
     def note(self, upstream: Tensor, grad_scale) -> None:
-        if self.warned or torch.compiler.is_compiling():  # a compiled step has no host flag to read
+        # A compiled step or a captured CUDA graph has no host flag to read.
+        if self.warned or torch.compiler.is_compiling() or (
+                upstream.is_cuda and torch.cuda.is_current_stream_capturing()):
             return
         miss = (upstream != grad_scale).any()
         if miss.device.type == "cpu":
