@@ -213,11 +213,11 @@ class _SinglePassMisses:
 single_pass_misses = _SinglePassMisses()
 
 
-def _logits_grad(ctx, logits, target, sample_index, lse, lse_weight, g_lse, g_t, g_s, upstream) -> Tensor:
-    """The backward kernel (or the single pass's completion) for row coefficients."""
-    opts: LossOptions = ctx.opts
+def _logits_grad(opts: LossOptions, grad, logits, target, sample_index, lse, lse_weight, g_lse, g_t, g_s,
+                 upstream) -> Tensor:
+    """The backward kernel, or the single pass's completion of ``grad`` (what
+    the forward wrote; None in a second backward, which gets two passes)."""
     if lse_weight is not None:
-        grad, ctx.grad = ctx.grad, None
         if grad is not None:
             single_pass_misses.note(upstream, opts.grad_scale)
         return opts.backend.backward_with_grad(grad, logits, target, sample_index, lse, lse_weight, g_lse, g_t, g_s,
@@ -246,7 +246,7 @@ class BinaryCringeFunction(torch.autograd.Function):
             stats, ctx.grad = opts.backend.forward_with_grad(logits, target, uniform, opts.k, opts.ignore_index,
                                                              lse_weight)
         else:
-            stats = opts.backend.forward(logits, target, uniform, opts.k, opts.ignore_index)
+            stats, ctx.grad = opts.backend.forward(logits, target, uniform, opts.k, opts.ignore_index), None
         lse, t, sampled, sample_index = stats
         negative_f = (valid ^ positive).to(dtype)
         gap = t - sampled
@@ -285,7 +285,10 @@ class BinaryCringeFunction(torch.autograd.Function):
         g_lse = positive_f * w
         g_t = (slope - positive_f).mul_(w)
         g_s = torch.zeros_like(g_t) if ctx.detach_positives else slope.neg_().mul_(w)
-        grad = _logits_grad(ctx, logits, target, sample_index, lse, lse_weight, g_lse, g_t, g_s, grad_loss)
+        # Handed out once: a second backward (retain_graph) must not write
+        # into the tensor the first one returned.
+        written, ctx.grad = ctx.grad, None
+        grad = _logits_grad(opts, written, logits, target, sample_index, lse, lse_weight, g_lse, g_t, g_s, grad_loss)
         return grad, None, None, None, None, None, None, None, None
 
 
@@ -322,6 +325,7 @@ class PairwiseCringeFunction(torch.autograd.Function):
         else:
             win = backend.forward(chosen, chosen_target, None, 0, opts.ignore_index)
             lose = backend.forward(rejected, rejected_target, uniform, opts.k, opts.ignore_index)
+            ctx.grad_w = ctx.grad_l = None
         # Ignored rows hold lse = t = 0: their log-probability is already 0.
         logp_w = (win.target_logit - win.lse).reshape(B, -1).sum(dim=1)
         logp_l = (lose.target_logit - lose.lse).reshape(B, -1).sum(dim=1)
@@ -384,11 +388,9 @@ class PairwiseCringeFunction(torch.autograd.Function):
             g_t_l = g_t_l + row_l
             g_lse_l = g_lse_l - row_l
         g_lse_w, g_t_w, g_t_l, g_s_l, g_lse_l = (g.reshape(-1) for g in (g_lse_w, g_t_w, g_t_l, g_s_l, g_lse_l))
-        ctx.grad = getattr(ctx, "grad_w", None)
-        grad_w = _logits_grad(ctx, chosen, chosen_target, win_index, win_lse, weight_w, g_lse_w, g_t_w,
+        written_w, written_l, ctx.grad_w, ctx.grad_l = ctx.grad_w, ctx.grad_l, None, None  # handed out once
+        grad_w = _logits_grad(opts, written_w, chosen, chosen_target, win_index, win_lse, weight_w, g_lse_w, g_t_w,
                               torch.zeros_like(g_t_w), grad_loss)
-        ctx.grad = getattr(ctx, "grad_l", None)
-        ctx.grad_w = ctx.grad_l = None
-        grad_l = _logits_grad(ctx, rejected, rejected_target, lose_index, lose_lse, weight_l, g_lse_l, g_t_l, g_s_l,
-                              grad_loss)
+        grad_l = _logits_grad(opts, written_l, rejected, rejected_target, lose_index, lose_lse, weight_l, g_lse_l,
+                              g_t_l, g_s_l, grad_loss)
         return grad_w, None, grad_l, None, None, None, None, None, None, None, None, None, None

@@ -251,7 +251,8 @@ def cringe_loss(
 
     lse_weight = None
     if use_single_pass:
-        lse_weight = positive.to(dtype) * autograd.row_weight(grad_scale, inv_denominator, valid.to(dtype))
+        positive_f = positive.to(dtype)
+        lse_weight = positive_f * autograd.row_weight(grad_scale, inv_denominator, positive_f)
     stats = row_stats(logits, target, uniform_rows, k, ignore_index, chosen_backend, inplace_backward, lse_weight)
     return binary_algebra(stats, valid, positive, inv_denominator, alpha=alpha, reduction=reduction,
                           detach_positives=detach_positives, ct_on_positives=ct_on_positives, shape=target.shape,

@@ -26,6 +26,7 @@ from typing import Callable, ContextManager, NamedTuple, Optional, Tuple
 
 import torch
 
+from ..validate import check_no_overlap
 from ._dispatch import EagerOp
 from .base import RowStats, RowStatsBackend, stats_dtype
 
@@ -117,12 +118,6 @@ def _register(qualname: str, body: Callable, mutates_args, device_type: str, fak
     op = torch.library.custom_op(qualname, body, mutates_args=mutates_args, device_types=device_type)
     op.register_fake(fake)
     return EagerOp.registered(qualname, body, unchecked_body)
-
-
-def check_no_overlap(logits: torch.Tensor) -> None:
-    """An in-place gradient needs every element of ``logits`` in its own memory."""
-    _need(torch._debug_has_internal_overlap(logits) != 1, ValueError,
-          "logits has elements that share memory (an expand); the in-place backward cannot write there")
 
 
 class RowStatsOps(NamedTuple):
@@ -217,7 +212,7 @@ def define_row_stats_ops(
     ) -> None:
         """In-place form: the gradient is written over ``logits``."""
         check_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, device_type)
-        check_no_overlap(logits)
+        check_no_overlap("logits", logits)
         run_backward_(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index)
 
     def fake_backward(logits, target, sample_index, lse, grad_lse, grad_target, grad_sample, ignore_index):
